@@ -1,0 +1,224 @@
+//! Committing a request: dedup, final names, journal, durability — all or nothing.
+//!
+//! Order (the Garage block-write protocol, grouped per request):
+//! 1. claim every new hash in ascending order (no cycles between requests);
+//! 2. `batch`: group sync — the tmp files' data is on stable storage;
+//! 3. rename each new file to its final path (directories created once per process);
+//! 4. append every record of the request to the journal in one write;
+//! 5. `batch`: group sync — the renames' directory entries and the journal records;
+//! 6. publish the hashes in the index; duplicates reuse the stored records.
+//!
+//! Any failure in 3–4 removes the renamed files and abandons the claims, so nothing of the
+//! request stays. The commit runs as its own task: a client that disconnects cannot cancel
+//! it half way.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use super::IngestContext;
+use super::naming::{sanitize, stem_of};
+use super::receive::{ReceivedFile, TmpFiles};
+use crate::api::errors::ApiError;
+use crate::store::index::{Claim, Hash, StoredFile};
+use crate::store::journal::{FileRecord, JournalEntry, encode_line};
+
+/// Request-wide fields that apply to every file.
+pub struct Annotations {
+    pub category_hint: String,
+    pub comment: String,
+}
+
+/// Claimed hashes and renamed files of a commit in progress; undone on drop.
+struct Rollback<'a> {
+    ctx: &'a IngestContext,
+    claimed: Vec<Hash>,
+    renamed: Vec<PathBuf>,
+    armed: bool,
+}
+
+impl Drop for Rollback<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        for path in &self.renamed {
+            let _ = std::fs::remove_file(path);
+        }
+        for hash in &self.claimed {
+            self.ctx.store.index.abandon(hash);
+        }
+    }
+}
+
+/// Commits the files of one request and returns the `stored` entries in part order.
+pub async fn commit(
+    ctx: Rc<IngestContext>,
+    files: Vec<ReceivedFile>,
+    annotations: Annotations,
+    mut tmp_files: TmpFiles,
+) -> Result<Vec<Value>, ApiError> {
+    // The tmp guard moves into the task: only the task decides what stays on disk.
+    let task = tokio::task::spawn_local(async move {
+        let result = commit_now(&ctx, files, &annotations).await;
+        if result.is_ok() {
+            tmp_files.disarm();
+        }
+        drop(tmp_files);
+        result
+    });
+    task.await.map_err(|e| {
+        ApiError::new(
+            hyper::StatusCode::INTERNAL_SERVER_ERROR,
+            format!("commit failed: {e}"),
+        )
+    })?
+}
+
+fn build_record(
+    file: &ReceivedFile,
+    annotations: &Annotations,
+    hash_hex: &str,
+    now: &str,
+) -> FileRecord {
+    let d = &file.detected;
+    let category_dir = sanitize(&annotations.category_hint, "");
+    let mut category = format!("{}/{}", d.media_type, d.ext);
+    if !category_dir.is_empty() {
+        category.push('/');
+        category.push_str(&category_dir);
+    }
+    let stem = sanitize(stem_of(&file.original_name), "file");
+    FileRecord {
+        path: format!("storage/{category}/{}_{stem}.{}", &hash_hex[..12], d.ext),
+        mime_type: d.mime_type.clone(),
+        media_type: d.media_type.to_string(),
+        category,
+        hash: hash_hex.to_string(),
+        size: file.size,
+        original_name: file.original_name.clone(),
+        comment: annotations.comment.clone(),
+        uploaded_at: now.to_string(),
+    }
+}
+
+async fn commit_now(
+    ctx: &IngestContext,
+    files: Vec<ReceivedFile>,
+    annotations: &Annotations,
+) -> Result<Vec<Value>, ApiError> {
+    let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    // First occurrence of each hash in the request; later ones are duplicates of it.
+    let mut first_of: HashMap<Hash, usize> = HashMap::with_capacity(files.len());
+    for (i, file) in files.iter().enumerate() {
+        first_of.entry(file.hash).or_insert(i);
+    }
+    let mut unique: Vec<Hash> = first_of.keys().copied().collect();
+    unique.sort_unstable();
+
+    let mut rollback = Rollback {
+        ctx,
+        claimed: Vec::new(),
+        renamed: Vec::new(),
+        armed: true,
+    };
+    let mut existing: HashMap<Hash, Arc<StoredFile>> = HashMap::new();
+    for hash in &unique {
+        match ctx.store.index.claim(hash).await {
+            Claim::Claimed => rollback.claimed.push(*hash),
+            Claim::Existing(file) => {
+                existing.insert(*hash, file);
+            }
+        }
+    }
+    let mut new_records: HashMap<Hash, FileRecord> = HashMap::with_capacity(rollback.claimed.len());
+    for hash in &rollback.claimed {
+        let file = &files[first_of[hash]];
+        let hex = blake3::Hash::from_bytes(*hash).to_hex();
+        new_records.insert(*hash, build_record(file, annotations, hex.as_str(), &now));
+    }
+
+    if !new_records.is_empty() {
+        ctx.store.make_durable().await;
+    }
+    place_files(ctx, &files, &first_of, &new_records, &mut rollback).await?;
+    let mut lines = Vec::with_capacity(new_records.len() * 400);
+    for hash in &rollback.claimed {
+        encode_line(&JournalEntry::Put(new_records[hash].clone()), &mut lines);
+    }
+    if !lines.is_empty() {
+        ctx.store
+            .journal
+            .append(&lines)
+            .map_err(|e| ApiError::storage("cannot append to the journal", &e))?;
+        ctx.store.make_durable().await;
+    }
+    rollback.armed = false;
+
+    let mut published: HashMap<Hash, Arc<StoredFile>> = HashMap::with_capacity(new_records.len());
+    for (hash, record) in new_records {
+        let size = record.size;
+        published.insert(hash, ctx.store.index.publish(&hash, record));
+        ctx.store.count_ingested(size);
+        ctx.stats.files.set(ctx.stats.files.get() + 1);
+    }
+    let mut stored = Vec::with_capacity(files.len());
+    for (i, file) in files.iter().enumerate() {
+        let first = first_of[&file.hash] == i;
+        let (record, duplicate) = match (published.get(&file.hash), existing.get(&file.hash)) {
+            (Some(new), _) => (&new.record, !first),
+            (None, Some(old)) => (&old.record, true),
+            (None, None) => unreachable!("every hash is either claimed or existing"),
+        };
+        if duplicate {
+            ctx.store.count_duplicate(file.size);
+        }
+        let mut entry = serde_json::to_value(record).expect("records serialize");
+        entry["duplicate"] = Value::Bool(duplicate);
+        stored.push(entry);
+    }
+    Ok(stored)
+}
+
+/// Renames the first copy of each new hash into place and removes every other tmp file.
+async fn place_files(
+    ctx: &IngestContext,
+    files: &[ReceivedFile],
+    first_of: &HashMap<Hash, usize>,
+    new_records: &HashMap<Hash, FileRecord>,
+    rollback: &mut Rollback<'_>,
+) -> Result<(), ApiError> {
+    for (i, file) in files.iter().enumerate() {
+        let record = new_records
+            .get(&file.hash)
+            .filter(|_| first_of[&file.hash] == i);
+        let Some(record) = record else {
+            ctx.io
+                .remove_file(&file.tmp_path)
+                .await
+                .map_err(|e| ApiError::storage("cannot remove tmp file", &e))?;
+            continue;
+        };
+        let target = ctx.store.absolute(&record.path);
+        let parent = target
+            .parent()
+            .expect("stored paths have a parent")
+            .to_path_buf();
+        if !ctx.store.dir_known(&parent) {
+            ctx.io
+                .create_dir_all(&parent)
+                .await
+                .map_err(|e| ApiError::storage("cannot create directory", &e))?;
+            ctx.store.remember_dir(parent);
+        }
+        ctx.io
+            .rename(&file.tmp_path, &target)
+            .await
+            .map_err(|e| ApiError::storage("cannot move file into place", &e))?;
+        rollback.renamed.push(target);
+    }
+    Ok(())
+}

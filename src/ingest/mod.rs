@@ -1,0 +1,71 @@
+//! Ingest: the request handlers of `POST /ingest/media` and `PUT /ingest/media/{name}`.
+//!
+//! Pipeline, one module per stage, data flowing one way:
+//! [`multipart`] (parts and fields of the body) → [`receive`] (per file: BLAKE3, sniff head,
+//! write to `.tmp` through the core's io engine) → [`sniff`] (MIME and media type) →
+//! [`naming`] (decoded and sanitized names) → [`commit`] (dedup, rename, journal, sync).
+
+pub mod commit;
+pub mod multipart;
+pub mod naming;
+pub mod receive;
+pub mod sniff;
+
+use std::cell::Cell;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use tokio::sync::Semaphore;
+
+use crate::config::Limits;
+use crate::store::Store;
+use crate::store::io::CoreIo;
+
+/// Per-core counters shown by /stats (plain cells: only the core touches them).
+#[derive(Default)]
+pub struct CoreCounters {
+    pub files: Cell<u64>,
+}
+
+/// Everything a core's ingest handlers need. One per core runtime (!Send).
+pub struct IngestContext {
+    pub core_id: usize,
+    pub store: Arc<Store>,
+    pub io: CoreIo,
+    pub limits: Arc<Limits>,
+    /// SPEC §3 job slots, shared by all cores: bounds files in flight.
+    pub job_slots: Arc<Semaphore>,
+    pub stats: Rc<CoreCounters>,
+    tmp_sequence: Cell<u64>,
+}
+
+impl IngestContext {
+    pub fn new(
+        core_id: usize,
+        store: Arc<Store>,
+        io: CoreIo,
+        limits: Arc<Limits>,
+        job_slots: Arc<Semaphore>,
+        stats: Rc<CoreCounters>,
+    ) -> IngestContext {
+        IngestContext {
+            core_id,
+            store,
+            io,
+            limits,
+            job_slots,
+            stats,
+            tmp_sequence: Cell::new(0),
+        }
+    }
+
+    /// A tmp path unique within this process (core id + per-core sequence).
+    pub fn next_tmp_path(&self) -> PathBuf {
+        let n = self.tmp_sequence.get();
+        self.tmp_sequence.set(n + 1);
+        self.store
+            .tmp_dir
+            .join(format!("{}-{}.part", self.core_id, n))
+    }
+}

@@ -1,0 +1,189 @@
+//! One core: a pinned thread running its own runtime (tokio-uring, or plain tokio for the
+//! `threads` engine), serving the connections the acceptor hands it.
+//!
+//! Connections arrive as `std::net::TcpStream` over a bounded channel (tokio-uring values
+//! are !Send, so only plain data crosses cores). Each is served by hyper's HTTP/1.1
+//! connection on tokio's reactor; file I/O goes through the core's [`CoreIo`].
+//! At shutdown the core stops taking connections, asks each to finish its current request
+//! (graceful shutdown), and waits for them up to the shutdown timeout.
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::sync::{Notify, OwnedSemaphorePermit, mpsc, watch};
+
+use super::{EngineChoice, Shared, router};
+use crate::ingest::{CoreCounters, IngestContext};
+use crate::store::io::CoreIo;
+
+/// A connection handed to a core, with the permit that counts it against the limit.
+pub type Handoff = (std::net::TcpStream, OwnedSemaphorePermit);
+
+/// Starts the core thread; `ready` reports whether its runtime and io engine came up.
+pub fn spawn_core(
+    core_id: usize,
+    shared: Arc<Shared>,
+    engine: EngineChoice,
+    connections: mpsc::Receiver<Handoff>,
+    shutdown: watch::Receiver<bool>,
+    ready: std::sync::mpsc::Sender<Result<(), String>>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new().name(format!("rhinobox-core-{core_id}")).spawn(move || {
+        if let Some(ids) = core_affinity::get_core_ids() {
+            if !ids.is_empty() {
+                core_affinity::set_for_current(ids[core_id % ids.len()]);
+            }
+        }
+        match engine {
+            EngineChoice::Uring => {
+                let runtime = match tokio_uring::Runtime::new(&tokio_uring::builder()) {
+                    Ok(runtime) => runtime,
+                    Err(e) => {
+                        let _ = ready.send(Err(format!("core {core_id}: io_uring runtime: {e}")));
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    let limits = shared.config.limits.clone();
+                    match CoreIo::uring(&limits) {
+                        Ok(io) => run_core(core_id, shared, io, connections, shutdown, ready).await,
+                        Err(e) => {
+                            let _ = ready.send(Err(format!(
+                                "core {core_id}: registering io buffers failed: {e} (raise LimitMEMLOCK)"
+                            )));
+                        }
+                    }
+                });
+            }
+            EngineChoice::Threads => {
+                let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(runtime) => runtime,
+                    Err(e) => {
+                        let _ = ready.send(Err(format!("core {core_id}: runtime: {e}")));
+                        return;
+                    }
+                };
+                let local = tokio::task::LocalSet::new();
+                local.block_on(&runtime, async move {
+                    let limits = shared.config.limits.clone();
+                    match CoreIo::threads(&limits) {
+                        Ok(io) => run_core(core_id, shared, io, connections, shutdown, ready).await,
+                        Err(e) => {
+                            let _ = ready.send(Err(format!("core {core_id}: io threads: {e}")));
+                        }
+                    }
+                });
+            }
+        }
+    })
+}
+
+/// Live connections of this core, and a wake-up when the last one ends.
+struct ConnectionTracker {
+    live: Cell<usize>,
+    drained: Notify,
+}
+
+async fn run_core(
+    core_id: usize,
+    shared: Arc<Shared>,
+    io: CoreIo,
+    mut connections: mpsc::Receiver<Handoff>,
+    mut shutdown: watch::Receiver<bool>,
+    ready: std::sync::mpsc::Sender<Result<(), String>>,
+) {
+    let ctx = Rc::new(IngestContext::new(
+        core_id,
+        shared.store.clone(),
+        io,
+        Arc::new(shared.config.limits.clone()),
+        shared.job_slots.clone(),
+        Rc::new(CoreCounters::default()),
+    ));
+    let tracker = Rc::new(ConnectionTracker {
+        live: Cell::new(0),
+        drained: Notify::new(),
+    });
+    let _ = ready.send(Ok(()));
+    loop {
+        tokio::select! {
+            handoff = connections.recv() => {
+                let Some((stream, permit)) = handoff else { break };
+                shared.cores[core_id].queue_len.fetch_sub(1, Ordering::Relaxed);
+                tracker.live.set(tracker.live.get() + 1);
+                shared.cores[core_id].connections.fetch_add(1, Ordering::Relaxed);
+                let (shared, ctx, tracker) = (shared.clone(), ctx.clone(), tracker.clone());
+                let shutdown = shutdown.clone();
+                tokio::task::spawn_local(async move {
+                    serve_connection(&shared, ctx, stream, shutdown).await;
+                    drop(permit);
+                    shared.cores[core_id].connections.fetch_sub(1, Ordering::Relaxed);
+                    tracker.live.set(tracker.live.get() - 1);
+                    if tracker.live.get() == 0 {
+                        tracker.drained.notify_waiters();
+                    }
+                });
+            }
+            _ = shutdown.changed() => break,
+        }
+        shared.cores[core_id]
+            .files
+            .store(ctx.stats.files.get(), Ordering::Relaxed);
+    }
+    // Drain: connections finish their current request; bounded by the shutdown timeout.
+    let deadline = tokio::time::Instant::now() + shared.config.limits.shutdown_timeout;
+    while tracker.live.get() > 0 {
+        let drained = tracker.drained.notified();
+        if tracker.live.get() == 0 {
+            break;
+        }
+        if tokio::time::timeout_at(deadline, drained).await.is_err() {
+            eprintln!(
+                "rhinobox: core {core_id}: {} connection(s) still open at the shutdown timeout",
+                tracker.live.get()
+            );
+            break;
+        }
+    }
+}
+
+async fn serve_connection(
+    shared: &Arc<Shared>,
+    ctx: Rc<IngestContext>,
+    stream: std::net::TcpStream,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let _ = stream.set_nodelay(true);
+    let stream = match tokio::net::TcpStream::from_std(stream) {
+        Ok(stream) => stream,
+        Err(e) => {
+            eprintln!("rhinobox: cannot adopt a connection: {e}");
+            return;
+        }
+    };
+    let limits = &shared.config.limits;
+    let service_shared = shared.clone();
+    let service = service_fn(move |request| {
+        let (shared, ctx) = (service_shared.clone(), ctx.clone());
+        async move { Ok::<_, std::convert::Infallible>(router::serve(shared, ctx, request).await) }
+    });
+    let connection = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.header_size_bytes_max.max(8192))
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    tokio::select! {
+        _ = connection.as_mut() => {}
+        _ = shutdown.changed() => {
+            connection.as_mut().graceful_shutdown();
+            let _ = connection.await;
+        }
+    }
+}

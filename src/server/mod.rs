@@ -1,0 +1,288 @@
+//! The server: start-up, the front acceptor, the per-core runtimes, and shutdown.
+//!
+//! Start-up order: open the store (lock, empty `.tmp`, replay the journal) → choose the io
+//! engine (probe io_uring once, log the decision) → bind → start one pinned core per
+//! worker and wait until each reports ready → print `rhinobox: listening on ADDR` and
+//! notify systemd. The acceptor (main thread) takes a connection permit *before* `accept`
+//! (bounded connections) and hands connections to the cores round-robin over bounded
+//! channels. SIGTERM/SIGINT: stop accepting, drain the cores within the shutdown timeout,
+//! sync the journal and the file system, exit 0.
+
+pub mod access_log;
+pub mod core;
+pub mod router;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use serde_json::json;
+use tokio::sync::{Semaphore, mpsc, watch};
+
+use crate::api::metrics::HttpMetrics;
+use crate::config::{Config, IoEngine};
+use crate::store::Store;
+use access_log::AccessLog;
+
+/// Which engine the cores run after `auto` is resolved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EngineChoice {
+    Uring,
+    Threads,
+}
+
+/// Live per-core figures for /stats and /metrics.
+#[derive(Default)]
+pub struct CoreStats {
+    pub queue_len: AtomicUsize,
+    pub connections: AtomicUsize,
+    pub files: std::sync::atomic::AtomicU64,
+}
+
+/// State shared by every core (Send + Sync).
+pub struct Shared {
+    pub config: Config,
+    pub store: Arc<Store>,
+    pub job_slots: Arc<Semaphore>,
+    pub cores: Vec<CoreStats>,
+    pub http_metrics: HttpMetrics,
+    pub access_log: AccessLog,
+    pub shutting_down: AtomicBool,
+    pub engine: EngineChoice,
+}
+
+impl Shared {
+    pub fn jobs_in_flight(&self) -> usize {
+        self.config.limits.jobs_in_flight_max - self.job_slots.available_permits()
+    }
+
+    pub fn stats_json(&self) -> serde_json::Value {
+        let per_core: Vec<_> = self
+            .cores
+            .iter()
+            .enumerate()
+            .map(|(core, s)| {
+                json!({
+                    "core": core,
+                    "queue_len": s.queue_len.load(Ordering::Relaxed),
+                    "connections": s.connections.load(Ordering::Relaxed),
+                    "files": s.files.load(Ordering::Relaxed),
+                })
+            })
+            .collect();
+        json!({
+            "io_engine": match self.engine { EngineChoice::Uring => "uring", EngineChoice::Threads => "threads" },
+            "durability": self.config.durability.as_str(),
+            "cores": self.cores.len(),
+            "queue_capacity": self.config.limits.jobs_in_flight_max,
+            "in_flight": self.jobs_in_flight(),
+            "per_core": per_core,
+        })
+    }
+}
+
+/// A start-up failure: `main` prints `rhinobox: error: <msg>` and exits 2.
+#[derive(Debug)]
+pub struct StartError(pub String);
+
+fn choose_engine(config: &Config) -> Result<EngineChoice, StartError> {
+    match config.io_engine {
+        IoEngine::Threads => Ok(EngineChoice::Threads),
+        IoEngine::Uring => crate::store::io::probe_uring(&config.limits)
+            .map(|()| EngineChoice::Uring)
+            .map_err(|e| {
+                StartError(format!(
+                    "RHINOBOX_IO_ENGINE/--io-engine: uring requested but unavailable: {e}"
+                ))
+            }),
+        IoEngine::Auto => match crate::store::io::probe_uring(&config.limits) {
+            Ok(()) => Ok(EngineChoice::Uring),
+            Err(e) => {
+                eprintln!(
+                    "rhinobox: warning: io_uring unavailable ({e}); using the threads io engine"
+                );
+                Ok(EngineChoice::Threads)
+            }
+        },
+    }
+}
+
+/// Runs the daemon until a signal; returns the exit code.
+pub fn run(config: Config) -> Result<i32, StartError> {
+    let started = std::time::Instant::now();
+    let (store, report) =
+        Store::open(&config.data_dir, config.durability).map_err(|e| StartError(e.0))?;
+    if report.torn_tail_bytes > 0 {
+        eprintln!(
+            "rhinobox: warning: journal had a torn tail of {} bytes (crash mid-append); truncated it",
+            report.torn_tail_bytes
+        );
+    }
+    let engine = choose_engine(&config)?;
+    let listener = std::net::TcpListener::bind(config.addr).map_err(|e| {
+        StartError(format!(
+            "RHINOBOX_ADDR/--addr: cannot bind {}: {e}",
+            config.addr
+        ))
+    })?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| StartError(format!("listener: {e}")))?;
+    let local_addr = listener
+        .local_addr()
+        .map_err(|e| StartError(format!("listener: {e}")))?;
+    let access_log =
+        AccessLog::start().map_err(|e| StartError(format!("access log thread: {e}")))?;
+    let workers = config.workers;
+    let shared = Arc::new(Shared {
+        job_slots: Arc::new(Semaphore::new(config.limits.jobs_in_flight_max)),
+        cores: (0..workers).map(|_| CoreStats::default()).collect(),
+        http_metrics: HttpMetrics::new(),
+        access_log,
+        shutting_down: AtomicBool::new(false),
+        engine,
+        store: Arc::new(store),
+        config,
+    });
+    let (shutdown_sender, shutdown) = watch::channel(false);
+    let (ready_sender, ready) = std::sync::mpsc::channel();
+    let mut senders = Vec::with_capacity(workers);
+    let mut threads = Vec::with_capacity(workers);
+    for core_id in 0..workers {
+        let (sender, receiver) = mpsc::channel(shared.config.limits.connections_max);
+        senders.push(sender);
+        let thread = core::spawn_core(
+            core_id,
+            shared.clone(),
+            engine,
+            receiver,
+            shutdown.clone(),
+            ready_sender.clone(),
+        )
+        .map_err(|e| StartError(format!("cannot start core thread: {e}")))?;
+        threads.push(thread);
+    }
+    for _ in 0..workers {
+        match ready.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(StartError(e)),
+            Err(_) => return Err(StartError("a core thread died at start-up".into())),
+        }
+    }
+    eprintln!(
+        "rhinobox: ready: {} records replayed, {} tmp files removed, io engine {}, durability {}, {} cores, in {:.0} ms",
+        report.records_replayed,
+        report.tmp_files_removed,
+        match engine {
+            EngineChoice::Uring => "uring",
+            EngineChoice::Threads => "threads",
+        },
+        shared.config.durability.as_str(),
+        workers,
+        started.elapsed().as_secs_f64() * 1e3
+    );
+    eprintln!("rhinobox: listening on {local_addr}");
+    notify_systemd("READY=1");
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| StartError(format!("acceptor runtime: {e}")))?;
+    runtime.block_on(accept_until_signal(&shared, listener, senders))?;
+
+    notify_systemd("STOPPING=1");
+    shared.shutting_down.store(true, Ordering::Relaxed);
+    let _ = shutdown_sender.send(true);
+    for thread in threads {
+        let _ = thread.join();
+    }
+    finish(&shared, local_addr)
+}
+
+fn finish(shared: &Shared, _addr: SocketAddr) -> Result<i32, StartError> {
+    // Final flush: whatever durability mode, leave the journal and data synced on exit.
+    if let Err(e) = shared.store.journal.sync() {
+        eprintln!("rhinobox: fatal: journal fsync failed at shutdown: {e}");
+        return Ok(crate::store::durability::EXIT_SYNC_FAILED);
+    }
+    if let Ok(dir) = std::fs::File::open(&shared.store.data_dir) {
+        if let Err(e) = crate::store::durability::syncfs(&dir) {
+            eprintln!("rhinobox: fatal: syncfs failed at shutdown: {e}");
+            return Ok(crate::store::durability::EXIT_SYNC_FAILED);
+        }
+    }
+    shared.store.group_commit.stop();
+    eprintln!("rhinobox: stopped cleanly");
+    Ok(0)
+}
+
+async fn accept_until_signal(
+    shared: &Arc<Shared>,
+    listener: std::net::TcpListener,
+    senders: Vec<mpsc::Sender<core::Handoff>>,
+) -> Result<(), StartError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let listener = tokio::net::TcpListener::from_std(listener)
+        .map_err(|e| StartError(format!("listener: {e}")))?;
+    let mut terminate =
+        signal(SignalKind::terminate()).map_err(|e| StartError(format!("signals: {e}")))?;
+    let mut interrupt =
+        signal(SignalKind::interrupt()).map_err(|e| StartError(format!("signals: {e}")))?;
+    let permits = Arc::new(Semaphore::new(shared.config.limits.connections_max));
+    let mut next_core = 0usize;
+    loop {
+        // The permit is taken before accept: at the limit, new connections wait in the backlog.
+        let permit = tokio::select! {
+            permit = permits.clone().acquire_owned() => permit.expect("never closed"),
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+        };
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // EMFILE/ENFILE and friends: back off briefly rather than spin.
+                eprintln!("rhinobox: accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(stream) = stream.into_std() else {
+            continue;
+        };
+        let core = next_core % senders.len();
+        next_core = next_core.wrapping_add(1);
+        shared.cores[core].queue_len.fetch_add(1, Ordering::Relaxed);
+        if senders[core].send((stream, permit)).await.is_err() {
+            shared.cores[core].queue_len.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+    eprintln!("rhinobox: signal received; draining in-flight requests");
+    Ok(())
+}
+
+/// Sends a state line to systemd when run with Type=notify (no-op otherwise).
+fn notify_systemd(state: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let socket = match std::os::unix::net::UnixDatagram::unbound() {
+        Ok(socket) => socket,
+        Err(_) => return,
+    };
+    let bytes = path.as_encoded_bytes();
+    let result = if bytes.first() == Some(&b'@') {
+        use std::os::linux::net::SocketAddrExt;
+        std::os::unix::net::SocketAddr::from_abstract_name(&bytes[1..])
+            .and_then(|addr| socket.send_to_addr(state.as_bytes(), &addr))
+    } else {
+        socket.send_to(state.as_bytes(), &path)
+    };
+    if let Err(e) = result {
+        eprintln!("rhinobox: warning: cannot notify systemd: {e}");
+    }
+}

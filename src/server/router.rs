@@ -1,0 +1,192 @@
+//! HTTP routing: method + path → handler; auth; access log and metrics for every request.
+
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use hyper::body::{Body as _, Incoming};
+use hyper::{Method, Request, Response, StatusCode, header};
+use percent_encoding::percent_decode_str;
+use serde_json::json;
+
+use super::Shared;
+use crate::api::errors::{ApiError, Body, json_response};
+use crate::api::metrics::encode_scalar;
+use crate::ingest::IngestContext;
+use crate::ingest::commit::Annotations;
+use crate::ingest::multipart::{handle_post, handle_put};
+
+/// Serves one request and records it in the access log and metrics.
+pub async fn serve(
+    shared: Arc<Shared>,
+    ctx: Rc<IngestContext>,
+    request: Request<Incoming>,
+) -> Response<Body> {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    let response = match route(&shared, ctx, request).await {
+        Ok(response) => response,
+        Err(error) => error.into_response(),
+    };
+    let status = response.status().as_u16();
+    let bytes = response.body().size_hint().exact().unwrap_or(0);
+    let elapsed = started.elapsed();
+    shared.http_metrics.observe(status, elapsed.as_secs_f64());
+    shared.access_log.record(
+        method.as_str(),
+        &path,
+        status,
+        bytes,
+        elapsed.as_secs_f64() * 1e3,
+    );
+    response
+}
+
+fn authorized(shared: &Shared, request: &Request<Incoming>) -> bool {
+    let Some(token) = &shared.config.api_token else {
+        return true;
+    };
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    constant_time_eq(presented.as_bytes(), token.as_bytes())
+}
+
+/// Compares in constant time: both sides are hashed to 32 bytes and `blake3::Hash`
+/// equality is constant-time, so neither the matching prefix nor the length leaks.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    blake3::hash(a) == blake3::hash(b)
+}
+
+/// Query parameter `name`, percent-decoded (`+` as space).
+pub fn query_param(request: &Request<Incoming>, name: &str) -> Option<String> {
+    let query = request.uri().query()?;
+    query.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        (key == name).then(|| {
+            percent_decode_str(&value.replace('+', " "))
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+    })
+}
+
+async fn route(
+    shared: &Shared,
+    ctx: Rc<IngestContext>,
+    request: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let path = request.uri().path().to_string();
+    if path != "/healthz" && !authorized(shared, &request) {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong bearer token",
+        ));
+    }
+    if shared.shutting_down.load(Ordering::Relaxed) && path.starts_with("/ingest/") {
+        return Err(ApiError::overloaded("shutting down"));
+    }
+    let method = request.method().clone();
+    match (path.as_str(), method) {
+        ("/healthz", Method::GET | Method::HEAD) => {
+            Ok(json_response(StatusCode::OK, &json!({"status": "ok"})))
+        }
+        ("/stats", Method::GET) => Ok(json_response(StatusCode::OK, &shared.stats_json())),
+        ("/metrics", Method::GET) => Ok(metrics_response(shared)),
+        ("/ingest/media", Method::POST) => {
+            let value = handle_post(ctx, request).await?;
+            Ok(json_response(StatusCode::OK, &value))
+        }
+        (p, Method::PUT) if p.starts_with("/ingest/media/") => {
+            let raw_name = &p["/ingest/media/".len()..];
+            let name = percent_decode_str(raw_name)
+                .decode_utf8_lossy()
+                .into_owned();
+            let annotations = Annotations {
+                category_hint: query_param(&request, "category").unwrap_or_default(),
+                comment: query_param(&request, "comment").unwrap_or_default(),
+            };
+            let value = handle_put(ctx, request, name, annotations).await?;
+            Ok(json_response(StatusCode::OK, &value))
+        }
+        ("/healthz" | "/stats" | "/metrics" | "/ingest/media", _) => Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method not allowed",
+        )),
+        (p, _) if p.starts_with("/ingest/media/") => Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method not allowed",
+        )),
+        _ => Err(ApiError::not_found(format!("no such endpoint: {path}"))),
+    }
+}
+
+fn metrics_response(shared: &Shared) -> Response<Body> {
+    let counters = &shared.store.counters;
+    let mut out = String::with_capacity(4096);
+    let scalars = [
+        (
+            "rhinobox_files_ingested_total",
+            "counter",
+            "Files newly stored since start.",
+            &counters.files_ingested_total,
+        ),
+        (
+            "rhinobox_bytes_ingested_total",
+            "counter",
+            "Bytes newly stored since start.",
+            &counters.bytes_ingested_total,
+        ),
+        (
+            "rhinobox_duplicates_total",
+            "counter",
+            "Uploaded files that were already stored.",
+            &counters.duplicates_total,
+        ),
+    ];
+    for (name, kind, help, value) in scalars {
+        encode_scalar(&mut out, name, kind, help, value.load(Ordering::Relaxed));
+    }
+    encode_scalar(
+        &mut out,
+        "rhinobox_fsync_batches_total",
+        "counter",
+        "Group-commit syncs run.",
+        shared.store.group_commit.batches_total(),
+    );
+    encode_scalar(
+        &mut out,
+        "rhinobox_access_log_dropped_total",
+        "counter",
+        "Access log lines dropped because stderr was too slow.",
+        shared.access_log.dropped_total.load(Ordering::Relaxed),
+    );
+    encode_scalar(
+        &mut out,
+        "rhinobox_jobs_in_flight",
+        "gauge",
+        "Files being received now (job slots taken).",
+        shared.jobs_in_flight() as u64,
+    );
+    out.push_str(
+        "# HELP rhinobox_queue_depth Connections handed to a core and not yet picked up.\n",
+    );
+    out.push_str("# TYPE rhinobox_queue_depth gauge\n");
+    for (core, stats) in shared.cores.iter().enumerate() {
+        let depth = stats.queue_len.load(Ordering::Relaxed);
+        out.push_str(&format!(
+            "rhinobox_queue_depth{{core=\"{core}\"}} {depth}\n"
+        ));
+    }
+    shared.http_metrics.encode(&mut out);
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")
+        .body(crate::api::errors::full_body(out))
+        .expect("static headers are valid")
+}

@@ -1,0 +1,169 @@
+//! The `threads` engine: blocking file I/O on a bounded pool of threads per core.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc::{SyncSender, sync_channel};
+
+use tokio::sync::oneshot;
+
+use crate::config::Limits;
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// A fixed set of threads fed through a bounded channel; a full channel makes callers wait.
+#[derive(Clone)]
+pub struct BlockingPool {
+    jobs: SyncSender<Job>,
+}
+
+impl BlockingPool {
+    pub fn new(threads: usize, queue: usize, name: &str) -> io::Result<BlockingPool> {
+        let (jobs, receiver) = sync_channel::<Job>(queue);
+        let receiver = Arc::new(std::sync::Mutex::new(receiver));
+        for i in 0..threads.max(1) {
+            let receiver = receiver.clone();
+            std::thread::Builder::new()
+                .name(format!("{name}-{i}"))
+                .spawn(move || {
+                    loop {
+                        let job = {
+                            let guard = receiver.lock().unwrap_or_else(|p| p.into_inner());
+                            guard.recv()
+                        };
+                        match job {
+                            Ok(job) => job(),
+                            Err(_) => return,
+                        }
+                    }
+                })?;
+        }
+        Ok(BlockingPool { jobs })
+    }
+
+    /// Runs `f` on a pool thread and resolves with its result.
+    pub async fn run<R: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> io::Result<R> + Send + 'static,
+    ) -> io::Result<R> {
+        let (sender, receiver) = oneshot::channel();
+        let job: Job = Box::new(move || {
+            let _ = sender.send(f());
+        });
+        // The queue is sized to the core's concurrency; when full, wait off the core.
+        let mut job = Some(job);
+        loop {
+            match self.jobs.try_send(job.take().expect("job present")) {
+                Ok(()) => break,
+                Err(std::sync::mpsc::TrySendError::Full(back)) => {
+                    job = Some(back);
+                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                }
+                Err(std::sync::mpsc::TrySendError::Disconnected(_)) => {
+                    return Err(io::Error::other("io thread pool stopped"));
+                }
+            }
+        }
+        receiver
+            .await
+            .map_err(|_| io::Error::other("io thread pool dropped a job"))?
+    }
+}
+
+#[derive(Clone)]
+pub struct ThreadsIo {
+    pub pool: BlockingPool,
+    buffer_bytes: usize,
+}
+
+impl ThreadsIo {
+    pub fn new(limits: &Limits) -> io::Result<ThreadsIo> {
+        let pool = BlockingPool::new(limits.io_threads_per_core, 1024, "rhinobox-io")?;
+        Ok(ThreadsIo {
+            pool,
+            buffer_bytes: limits.io_buffer_bytes,
+        })
+    }
+
+    pub async fn create_tmp(&self, path: PathBuf) -> io::Result<ThreadsWriter> {
+        let file = self
+            .pool
+            .run(move || {
+                OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o644)
+                    .open(path)
+            })
+            .await?;
+        Ok(ThreadsWriter {
+            pool: self.pool.clone(),
+            file: Arc::new(file),
+            buffer: Vec::with_capacity(self.buffer_bytes),
+            buffer_bytes: self.buffer_bytes,
+            offset: 0,
+        })
+    }
+}
+
+/// Streams one file through a bounded buffer written by the pool.
+pub struct ThreadsWriter {
+    pool: BlockingPool,
+    file: Arc<File>,
+    buffer: Vec<u8>,
+    buffer_bytes: usize,
+    offset: u64,
+}
+
+impl ThreadsWriter {
+    pub async fn write(&mut self, mut data: &[u8]) -> io::Result<()> {
+        while !data.is_empty() {
+            let n = (self.buffer_bytes - self.buffer.len()).min(data.len());
+            self.buffer.extend_from_slice(&data[..n]);
+            data = &data[n..];
+            if self.buffer.len() == self.buffer_bytes {
+                self.flush().await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> io::Result<()> {
+        let buffer = std::mem::replace(&mut self.buffer, Vec::new());
+        let file = self.file.clone();
+        let offset = self.offset;
+        let written = buffer.len() as u64;
+        let buffer = self
+            .pool
+            .run(move || file.write_all_at(&buffer, offset).map(|()| buffer))
+            .await?;
+        self.buffer = buffer;
+        self.buffer.clear();
+        self.offset += written;
+        Ok(())
+    }
+
+    pub async fn finish(mut self) -> io::Result<u64> {
+        if !self.buffer.is_empty() {
+            self.flush().await?;
+        }
+        Ok(self.offset)
+    }
+}
+
+pub fn read_range(path: &Path, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+    let file = File::open(path)?;
+    let mut out = vec![0u8; len];
+    let mut done = 0;
+    while done < len {
+        let n = file.read_at(&mut out[done..], offset + done as u64)?;
+        if n == 0 {
+            break;
+        }
+        done += n;
+    }
+    out.truncate(done);
+    Ok(out)
+}

@@ -1,0 +1,198 @@
+//! The io_uring engine: registered buffers, O_DIRECT for large files.
+
+use std::io;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use tokio::task::JoinHandle;
+use tokio_uring::buf::BoundedBuf;
+use tokio_uring::buf::fixed::{FixedBuf, FixedBufPool};
+use tokio_uring::fs::{File, OpenOptions};
+
+use super::AlignedBuf;
+use crate::config::Limits;
+
+/// Per-core io_uring resources: the registered buffer pool.
+pub struct UringIo {
+    pool: Rc<FixedBufPool<AlignedBuf>>,
+    buffer_bytes: usize,
+    direct_bytes_min: u64,
+}
+
+// Cloning shares the one registered pool of the core.
+impl Clone for UringIo {
+    fn clone(&self) -> Self {
+        UringIo {
+            pool: self.pool.clone(),
+            buffer_bytes: self.buffer_bytes,
+            direct_bytes_min: self.direct_bytes_min,
+        }
+    }
+}
+
+impl UringIo {
+    pub fn new(limits: &Limits) -> io::Result<UringIo> {
+        let buffers =
+            (0..limits.io_buffers_per_core).map(|_| AlignedBuf::new(limits.io_buffer_bytes));
+        let pool = FixedBufPool::new(buffers);
+        pool.register()?;
+        Ok(UringIo {
+            pool: Rc::new(pool),
+            buffer_bytes: limits.io_buffer_bytes,
+            direct_bytes_min: limits.direct_io_bytes_min,
+        })
+    }
+
+    pub async fn create_tmp(&self, path: PathBuf) -> io::Result<UringWriter> {
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(&path)
+            .await?;
+        Ok(UringWriter {
+            io: self.clone(),
+            path,
+            buffered: Rc::new(file),
+            direct: None,
+            direct_unsupported: false,
+            filling: None,
+            filled: 0,
+            offset: 0,
+            in_flight: None,
+        })
+    }
+}
+
+type WriteTask = JoinHandle<(io::Result<()>, FixedBuf)>;
+
+/// Streams one file through registered buffers.
+pub struct UringWriter {
+    io: UringIo,
+    path: PathBuf,
+    buffered: Rc<File>,
+    direct: Option<Rc<File>>,
+    direct_unsupported: bool,
+    filling: Option<FixedBuf>,
+    filled: usize,
+    /// File offset of the first byte of `filling`.
+    offset: u64,
+    in_flight: Option<WriteTask>,
+}
+
+impl UringWriter {
+    pub async fn write(&mut self, mut data: &[u8]) -> io::Result<()> {
+        let cap = self.io.buffer_bytes;
+        while !data.is_empty() {
+            if self.filling.is_none() {
+                // Waits when every buffer of this core is in use: the pool is the bound.
+                self.filling = Some(self.io.pool.next(cap).await);
+            }
+            let buf = self.filling.as_mut().expect("buffer checked out above");
+            let n = (cap - self.filled).min(data.len());
+            buf[self.filled..self.filled + n].copy_from_slice(&data[..n]);
+            self.filled += n;
+            data = &data[n..];
+            if self.filled == cap {
+                self.write_full_buffer().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands the full buffer to a write op and keeps filling a fresh one meanwhile.
+    async fn write_full_buffer(&mut self) -> io::Result<()> {
+        self.wait_in_flight().await?;
+        let buf = self.filling.take().expect("a full buffer");
+        let file = self.target_for_full_buffer().await?;
+        let offset = self.offset;
+        self.in_flight = Some(tokio_uring::spawn(async move {
+            let (result, slice) = file.write_fixed_all_at(buf.slice(..), offset).await;
+            (result, slice.into_inner())
+        }));
+        self.offset += self.filled as u64;
+        self.filled = 0;
+        Ok(())
+    }
+
+    async fn wait_in_flight(&mut self) -> io::Result<()> {
+        if let Some(task) = self.in_flight.take() {
+            let (result, _buf) = task.await.map_err(io::Error::other)?;
+            result?;
+        }
+        Ok(())
+    }
+
+    /// O_DIRECT once the file is known to be large, else the page cache.
+    async fn target_for_full_buffer(&mut self) -> io::Result<Rc<File>> {
+        let large = self.offset + self.io.buffer_bytes as u64 >= self.io.direct_bytes_min;
+        if !large || self.direct_unsupported {
+            return Ok(self.buffered.clone());
+        }
+        if self.direct.is_none() {
+            let opened = OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_DIRECT | libc::O_CLOEXEC)
+                .open(&self.path)
+                .await;
+            match opened {
+                Ok(file) => self.direct = Some(Rc::new(file)),
+                // tmpfs and some FUSE file systems refuse O_DIRECT: stay buffered.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    self.direct_unsupported = true;
+                    return Ok(self.buffered.clone());
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(self.direct.clone().expect("opened above"))
+    }
+
+    pub async fn finish(mut self) -> io::Result<u64> {
+        self.wait_in_flight().await?;
+        if let Some(buf) = self.filling.take() {
+            if self.filled > 0 {
+                let (result, _) = self
+                    .buffered
+                    .write_fixed_all_at(buf.slice(..self.filled), self.offset)
+                    .await;
+                result?;
+            }
+        }
+        let size = self.offset + self.filled as u64;
+        if let Some(direct) = self.direct.take() {
+            close(direct).await?;
+        }
+        close(self.buffered.clone()).await?;
+        Ok(size)
+    }
+}
+
+async fn close(file: Rc<File>) -> io::Result<()> {
+    match Rc::try_unwrap(file) {
+        Ok(file) => file.close().await,
+        // Still shared by a finished write task's handle: dropping closes it.
+        Err(_) => Ok(()),
+    }
+}
+
+/// Reads up to `len` bytes at `offset`.
+pub async fn read_range(path: &Path, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+    let file = File::open(path).await?;
+    let mut out = Vec::with_capacity(len);
+    while out.len() < len {
+        let want = len - out.len();
+        let (result, buf) = file
+            .read_at(Vec::with_capacity(want), offset + out.len() as u64)
+            .await;
+        let n = result?;
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+    file.close().await?;
+    Ok(out)
+}

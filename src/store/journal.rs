@@ -1,0 +1,273 @@
+//! The journal: an append-only NDJSON log of every stored file and every delete.
+//!
+//! One line per record; each line carries a CRC-32 of itself so that a torn or corrupted
+//! line is recognised at start-up. The line is the record's JSON with `"crc":N` added as
+//! the last member, N being the CRC-32 of the JSON text without that member.
+//!
+//! Invariants:
+//! - Appends go through one mutex, one `write` per request, so records of concurrent
+//!   requests never interleave inside a line.
+//! - A failed append truncates the file back to its length before the append, so a later
+//!   append never lands after a partial line.
+//! - At start-up, invalid lines are accepted only at the tail (a crash mid-append); they
+//!   are truncated away with a warning. An invalid line followed by a valid one is
+//!   corruption and refuses the start.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+/// The stored description of one file, as returned by the API.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct FileRecord {
+    pub path: String,
+    pub mime_type: String,
+    pub media_type: String,
+    pub category: String,
+    pub hash: String,
+    pub size: u64,
+    pub original_name: String,
+    pub comment: String,
+    pub uploaded_at: String,
+}
+
+/// One journal line.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "op", rename_all = "lowercase")]
+pub enum JournalEntry {
+    Put(FileRecord),
+    Delete {
+        hash: String,
+        path: String,
+        deleted_at: String,
+    },
+}
+
+/// Encodes one entry as a checksummed line (with the trailing newline) onto `out`.
+pub fn encode_line(entry: &JournalEntry, out: &mut Vec<u8>) {
+    let start = out.len();
+    serde_json::to_writer(&mut *out, entry).expect("journal entries always serialize");
+    let crc = crc32fast::hash(&out[start..]);
+    debug_assert_eq!(out.last(), Some(&b'}'));
+    out.pop();
+    out.extend_from_slice(b",\"crc\":");
+    out.extend_from_slice(crc.to_string().as_bytes());
+    out.extend_from_slice(b"}\n");
+}
+
+/// Decodes one line (without its newline); `None` when torn, corrupted or unparsable.
+pub fn decode_line(line: &[u8]) -> Option<JournalEntry> {
+    const MARK: &[u8] = b",\"crc\":";
+    let body_end = line.len().checked_sub(1)?;
+    if line.last() != Some(&b'}') {
+        return None;
+    }
+    let mark_at = line.windows(MARK.len()).rposition(|w| w == MARK)?;
+    let crc: u32 = std::str::from_utf8(&line[mark_at + MARK.len()..body_end])
+        .ok()?
+        .parse()
+        .ok()?;
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&line[..mark_at]);
+    hasher.update(b"}");
+    if hasher.finalize() != crc {
+        return None;
+    }
+    let mut body = Vec::with_capacity(mark_at + 1);
+    body.extend_from_slice(&line[..mark_at]);
+    body.push(b'}');
+    serde_json::from_slice(&body).ok()
+}
+
+/// What replay found.
+#[derive(Debug, Default)]
+pub struct Replay {
+    pub entries: Vec<JournalEntry>,
+    /// Bytes cut from a torn tail (0 when the journal was clean).
+    pub torn_tail_bytes: u64,
+}
+
+/// Errors that refuse the start.
+#[derive(Debug)]
+pub enum ReplayError {
+    Io(io::Error),
+    Corrupt { line_number: usize, offset: u64 },
+}
+
+impl std::fmt::Display for ReplayError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReplayError::Io(e) => write!(f, "cannot read journal: {e}"),
+            ReplayError::Corrupt {
+                line_number,
+                offset,
+            } => write!(
+                f,
+                "journal corrupted at line {line_number} (byte {offset}) before its tail; \
+                 refusing to start (restore the journal or remove the bad line)"
+            ),
+        }
+    }
+}
+
+/// Parses a whole journal. Torn tail → reported in `torn_tail_bytes`; corruption → error.
+pub fn parse(data: &[u8]) -> Result<(Replay, u64), ReplayError> {
+    let mut replay = Replay::default();
+    let mut offset = 0usize;
+    let mut first_bad: Option<(usize, usize)> = None; // (line number, offset)
+    let mut line_number = 0usize;
+    while offset < data.len() {
+        line_number += 1;
+        let end = data[offset..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map(|p| offset + p);
+        let line = &data[offset..end.unwrap_or(data.len())];
+        let next = end.map(|e| e + 1).unwrap_or(data.len());
+        let entry = if end.is_some() {
+            decode_line(line)
+        } else {
+            None
+        };
+        match (entry, first_bad) {
+            (Some(_), Some((bad_line, bad_offset))) => {
+                return Err(ReplayError::Corrupt {
+                    line_number: bad_line,
+                    offset: bad_offset as u64,
+                });
+            }
+            (Some(entry), None) => replay.entries.push(entry),
+            (None, None) => first_bad = Some((line_number, offset)),
+            (None, Some(_)) => {}
+        }
+        offset = next;
+    }
+    let valid_len = first_bad.map(|(_, o)| o).unwrap_or(data.len());
+    replay.torn_tail_bytes = (data.len() - valid_len) as u64;
+    Ok((replay, valid_len as u64))
+}
+
+/// The open journal, appended to by every core.
+pub struct Journal {
+    path: PathBuf,
+    file: Mutex<File>,
+}
+
+impl Journal {
+    /// Opens (creating) the journal, replays it and truncates a torn tail.
+    pub fn open(path: &Path) -> Result<(Journal, Replay), ReplayError> {
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(path)
+            .map_err(ReplayError::Io)?;
+        let mut data = Vec::new();
+        file.read_to_end(&mut data).map_err(ReplayError::Io)?;
+        let (replay, valid_len) = parse(&data)?;
+        if replay.torn_tail_bytes > 0 {
+            file.set_len(valid_len).map_err(ReplayError::Io)?;
+            file.sync_all().map_err(ReplayError::Io)?;
+        }
+        let journal = Journal {
+            path: path.to_path_buf(),
+            file: Mutex::new(file),
+        };
+        Ok((journal, replay))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends whole lines in one write; on failure the file is cut back to where it was.
+    pub fn append(&self, lines: &[u8]) -> io::Result<()> {
+        debug_assert!(lines.is_empty() || lines.ends_with(b"\n"));
+        let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        let len_before = file.metadata()?.len();
+        if let Err(e) = file.write_all(lines) {
+            // Cut a partial record so the next append starts on a line boundary.
+            file.set_len(len_before)?;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Reads back the last `n` bytes (used by tests and assertions).
+    pub fn tail(&self, n: u64) -> io::Result<Vec<u8>> {
+        let file = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        let len = file.metadata()?.len();
+        let start = len.saturating_sub(n);
+        let mut buf = vec![0u8; (len - start) as usize];
+        file.read_exact_at(&mut buf, start)?;
+        Ok(buf)
+    }
+
+    /// fsyncs the journal file (used at shutdown).
+    pub fn sync(&self) -> io::Result<()> {
+        self.file
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .sync_all()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(n: u8) -> FileRecord {
+        FileRecord {
+            path: format!("storage/other/bin/{n}_x.bin"),
+            mime_type: "application/octet-stream".into(),
+            media_type: "other".into(),
+            category: "other/bin".into(),
+            hash: format!("{n:064x}"),
+            size: n as u64,
+            original_name: "x \"quoted\"\n".into(),
+            comment: String::new(),
+            uploaded_at: "2026-01-15T10:30:00Z".into(),
+        }
+    }
+
+    /// A line decodes to what was encoded; flipping any byte breaks the checksum.
+    #[test]
+    fn line_round_trip_and_checksum() {
+        let mut out = Vec::new();
+        encode_line(&JournalEntry::Put(record(1)), &mut out);
+        let line = &out[..out.len() - 1];
+        assert_eq!(decode_line(line), Some(JournalEntry::Put(record(1))));
+        for i in 0..line.len() {
+            let mut bad = line.to_vec();
+            bad[i] ^= 0x01;
+            assert_eq!(decode_line(&bad), None, "flip at {i} went unnoticed");
+        }
+    }
+
+    /// A torn tail is cut; a bad line before a good one is corruption.
+    #[test]
+    fn torn_tail_versus_corruption() {
+        let mut data = Vec::new();
+        encode_line(&JournalEntry::Put(record(1)), &mut data);
+        encode_line(&JournalEntry::Put(record(2)), &mut data);
+        let good_len = data.len();
+        data.extend_from_slice(b"{\"op\":\"put\",\"pa");
+        let (replay, valid) = parse(&data).unwrap();
+        assert_eq!(replay.entries.len(), 2);
+        assert_eq!(valid as usize, good_len);
+        assert_eq!(replay.torn_tail_bytes as usize, data.len() - good_len);
+
+        let mut corrupt = Vec::new();
+        encode_line(&JournalEntry::Put(record(1)), &mut corrupt);
+        corrupt.extend_from_slice(b"garbage\n");
+        encode_line(&JournalEntry::Put(record(2)), &mut corrupt);
+        assert!(matches!(
+            parse(&corrupt),
+            Err(ReplayError::Corrupt { line_number: 2, .. })
+        ));
+    }
+}
