@@ -163,7 +163,7 @@ async fn commit_now(
         let size = record.size;
         published.insert(hash, ctx.store.index.publish(&hash, record));
         ctx.store.count_ingested(size);
-        ctx.stats.files.set(ctx.stats.files.get() + 1);
+        ctx.stats.files.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
     let mut stored = Vec::with_capacity(files.len());
     for (i, file) in files.iter().enumerate() {

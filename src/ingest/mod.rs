@@ -13,7 +13,6 @@ pub mod sniff;
 
 use std::cell::Cell;
 use std::path::PathBuf;
-use std::rc::Rc;
 use std::sync::Arc;
 
 use tokio::sync::Semaphore;
@@ -22,10 +21,11 @@ use crate::config::Limits;
 use crate::store::Store;
 use crate::store::io::CoreIo;
 
-/// Per-core counters shown by /stats (plain cells: only the core touches them).
+/// Per-core counters shown by /stats (written by the core, read by any core).
 #[derive(Default)]
 pub struct CoreCounters {
-    pub files: Cell<u64>,
+    /// Files newly stored by this core since start.
+    pub files: std::sync::atomic::AtomicU64,
 }
 
 /// Everything a core's ingest handlers need. One per core runtime (!Send).
@@ -36,7 +36,7 @@ pub struct IngestContext {
     pub limits: Arc<Limits>,
     /// SPEC §3 job slots, shared by all cores: bounds files in flight.
     pub job_slots: Arc<Semaphore>,
-    pub stats: Rc<CoreCounters>,
+    pub stats: Arc<CoreCounters>,
     tmp_sequence: Cell<u64>,
 }
 
@@ -47,7 +47,7 @@ impl IngestContext {
         io: CoreIo,
         limits: Arc<Limits>,
         job_slots: Arc<Semaphore>,
-        stats: Rc<CoreCounters>,
+        stats: Arc<CoreCounters>,
     ) -> IngestContext {
         IngestContext {
             core_id,

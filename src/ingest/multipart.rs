@@ -105,15 +105,15 @@ fn check_declared_length(ctx: &IngestContext, request: &Request<Incoming>) -> Re
 
 /// Maps a multer error, recovering our own body errors from inside it.
 fn multipart_error(ctx: &IngestContext, error: multer::Error) -> ApiError {
-    if let multer::Error::StreamReadFailed(inner) = &error {
-        if let Some(body) = inner.downcast_ref::<BodyError>() {
-            let copy = match body {
-                BodyError::TooLarge => BodyError::TooLarge,
-                BodyError::Stalled => BodyError::Stalled,
-                BodyError::Read(e) => BodyError::Read(e.clone()),
-            };
-            return copy.into_api(ctx);
-        }
+    if let multer::Error::StreamReadFailed(inner) = &error
+        && let Some(body) = inner.downcast_ref::<BodyError>()
+    {
+        let copy = match body {
+            BodyError::TooLarge => BodyError::TooLarge,
+            BodyError::Stalled => BodyError::Stalled,
+            BodyError::Read(e) => BodyError::Read(e.clone()),
+        };
+        return copy.into_api(ctx);
     }
     ApiError::invalid_multipart(error)
 }

@@ -18,7 +18,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::{Notify, OwnedSemaphorePermit, mpsc, watch};
 
 use super::{EngineChoice, Shared, router};
-use crate::ingest::{CoreCounters, IngestContext};
+use crate::ingest::IngestContext;
 use crate::store::io::CoreIo;
 
 /// A connection handed to a core, with the permit that counts it against the limit.
@@ -34,10 +34,10 @@ pub fn spawn_core(
     ready: std::sync::mpsc::Sender<Result<(), String>>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new().name(format!("rhinobox-core-{core_id}")).spawn(move || {
-        if let Some(ids) = core_affinity::get_core_ids() {
-            if !ids.is_empty() {
-                core_affinity::set_for_current(ids[core_id % ids.len()]);
-            }
+        if let Some(ids) = core_affinity::get_core_ids()
+            && !ids.is_empty()
+        {
+            core_affinity::set_for_current(ids[core_id % ids.len()]);
         }
         match engine {
             EngineChoice::Uring => {
@@ -103,7 +103,7 @@ async fn run_core(
         io,
         Arc::new(shared.config.limits.clone()),
         shared.job_slots.clone(),
-        Rc::new(CoreCounters::default()),
+        shared.cores[core_id].counters.clone(),
     ));
     let tracker = Rc::new(ConnectionTracker {
         live: Cell::new(0),
@@ -131,9 +131,6 @@ async fn run_core(
             }
             _ = shutdown.changed() => break,
         }
-        shared.cores[core_id]
-            .files
-            .store(ctx.stats.files.get(), Ordering::Relaxed);
     }
     // Drain: connections finish their current request; bounded by the shutdown timeout.
     let deadline = tokio::time::Instant::now() + shared.config.limits.shutdown_timeout;

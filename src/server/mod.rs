@@ -36,7 +36,7 @@ pub enum EngineChoice {
 pub struct CoreStats {
     pub queue_len: AtomicUsize,
     pub connections: AtomicUsize,
-    pub files: std::sync::atomic::AtomicU64,
+    pub counters: Arc<crate::ingest::CoreCounters>,
 }
 
 /// State shared by every core (Send + Sync).
@@ -66,7 +66,7 @@ impl Shared {
                     "core": core,
                     "queue_len": s.queue_len.load(Ordering::Relaxed),
                     "connections": s.connections.load(Ordering::Relaxed),
-                    "files": s.files.load(Ordering::Relaxed),
+                    "files": s.counters.files.load(Ordering::Relaxed),
                 })
             })
             .collect();
@@ -205,11 +205,11 @@ fn finish(shared: &Shared, _addr: SocketAddr) -> Result<i32, StartError> {
         eprintln!("rhinobox: fatal: journal fsync failed at shutdown: {e}");
         return Ok(crate::store::durability::EXIT_SYNC_FAILED);
     }
-    if let Ok(dir) = std::fs::File::open(&shared.store.data_dir) {
-        if let Err(e) = crate::store::durability::syncfs(&dir) {
-            eprintln!("rhinobox: fatal: syncfs failed at shutdown: {e}");
-            return Ok(crate::store::durability::EXIT_SYNC_FAILED);
-        }
+    if let Ok(dir) = std::fs::File::open(&shared.store.data_dir)
+        && let Err(e) = crate::store::durability::syncfs(&dir)
+    {
+        eprintln!("rhinobox: fatal: syncfs failed at shutdown: {e}");
+        return Ok(crate::store::durability::EXIT_SYNC_FAILED);
     }
     shared.store.group_commit.stop();
     eprintln!("rhinobox: stopped cleanly");

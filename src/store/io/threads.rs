@@ -131,7 +131,7 @@ impl ThreadsWriter {
     }
 
     async fn flush(&mut self) -> io::Result<()> {
-        let buffer = std::mem::replace(&mut self.buffer, Vec::new());
+        let buffer = std::mem::take(&mut self.buffer);
         let file = self.file.clone();
         let offset = self.offset;
         let written = buffer.len() as u64;

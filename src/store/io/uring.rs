@@ -152,14 +152,14 @@ impl UringWriter {
 
     pub async fn finish(mut self) -> io::Result<u64> {
         self.wait_in_flight().await?;
-        if let Some(buf) = self.filling.take() {
-            if self.filled > 0 {
-                let (result, _) = self
-                    .buffered
-                    .write_fixed_all_at(buf.slice(..self.filled), self.offset)
-                    .await;
-                result?;
-            }
+        if let Some(buf) = self.filling.take()
+            && self.filled > 0
+        {
+            let (result, _) = self
+                .buffered
+                .write_fixed_all_at(buf.slice(..self.filled), self.offset)
+                .await;
+            result?;
         }
         let size = self.offset + self.filled as u64;
         if let Some(direct) = self.direct.take() {
