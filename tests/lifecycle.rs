@@ -133,6 +133,7 @@ fn corruption_inside_the_journal_stops_the_start() {
 struct Acknowledged {
     path: String,
     hash: String,
+    file: TestFile,
 }
 
 /// Client threads uploading until stopped, with what they saw.
@@ -200,6 +201,7 @@ fn upload_load(daemon: &Daemon, clients: usize, stop: Arc<AtomicBool>) -> Load {
                         acknowledged.push(Acknowledged {
                             path: entry["path"].as_str().unwrap().to_string(),
                             hash: file.hash(),
+                            file: file.clone(),
                         });
                     }
                     if conn.is_closed() {
@@ -281,6 +283,9 @@ fn kill_9_during_uploads_loses_nothing_acknowledged() {
         );
         assert_acknowledged_intact(&daemon, &all_acknowledged);
         for ack in all_acknowledged.iter().step_by(7) {
+            let again = daemon.upload_ok(std::slice::from_ref(&ack.file)).remove(0);
+            assert_eq!(again["duplicate"], true, "index lost {}: {again}", ack.path);
+            assert_eq!(again["path"], ack.path.as_str());
             let metadata = daemon.get(&format!("/files/metadata?hash={}", ack.hash));
             assert_eq!(
                 metadata.status,

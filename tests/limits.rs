@@ -70,11 +70,17 @@ Content-Type: image/jpeg"
     }
     let empty = parse_stored_path(entries[entries.len() - 1]["path"].as_str().unwrap());
     assert_eq!(empty.name, "file", "an empty name is stored as `file`");
+    // Outside storage/ and metadata/ only the daemon's own dot-files at the top of the
+    // data dir (its lock file) may exist.
     let outside: Vec<_> = files_under(daemon.data_dir.parent().unwrap())
         .into_iter()
         .filter(|p| {
+            let own_dot_file = p.parent() == Some(daemon.data_dir.as_path())
+                && p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with('.'));
             !p.starts_with(daemon.data_dir.join("storage"))
                 && !p.starts_with(daemon.data_dir.join("metadata"))
+                && !own_dot_file
         })
         .collect();
     assert!(
