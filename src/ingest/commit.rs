@@ -17,11 +17,12 @@ use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
 
+use futures_util::StreamExt;
 use serde_json::Value;
 
 use super::IngestContext;
 use super::naming::{sanitize, stem_of};
-use super::receive::{ReceivedFile, TmpFiles};
+use super::receive::{ReceivedFile, TmpFiles, wait_written};
 use crate::api::errors::ApiError;
 use crate::store::index::{Claim, Hash, StoredFile};
 use crate::store::journal::{FileRecord, JournalEntry, encode_line};
@@ -107,9 +108,10 @@ fn build_record(
 
 async fn commit_now(
     ctx: &IngestContext,
-    files: Vec<ReceivedFile>,
+    mut files: Vec<ReceivedFile>,
     annotations: &Annotations,
 ) -> Result<Vec<Value>, ApiError> {
+    wait_written(&mut files).await?;
     let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
     // First occurrence of each hash in the request; later ones are duplicates of it.
     let mut first_of: HashMap<Hash, usize> = HashMap::with_capacity(files.len());
@@ -154,16 +156,22 @@ async fn commit_now(
             .journal
             .append(&lines)
             .map_err(|e| ApiError::storage("cannot append to the journal", &e))?;
+    }
+    // The journal record is the commit point: from here the files stay, even if this
+    // task is dropped at shutdown (the final sync at exit covers them).
+    rollback.armed = false;
+    if !lines.is_empty() {
         ctx.store.make_durable().await;
     }
-    rollback.armed = false;
 
     let mut published: HashMap<Hash, Arc<StoredFile>> = HashMap::with_capacity(new_records.len());
     for (hash, record) in new_records {
         let size = record.size;
         published.insert(hash, ctx.store.index.publish(&hash, record));
         ctx.store.count_ingested(size);
-        ctx.stats.files.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        ctx.stats
+            .files
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
     let mut stored = Vec::with_capacity(files.len());
     for (i, file) in files.iter().enumerate() {
@@ -183,6 +191,9 @@ async fn commit_now(
     Ok(stored)
 }
 
+/// Renames beyond this many run one after another (bounds ops in flight per request).
+const PLACE_CONCURRENCY_MAX: usize = 64;
+
 /// Renames the first copy of each new hash into place and removes every other tmp file.
 async fn place_files(
     ctx: &IngestContext,
@@ -191,34 +202,49 @@ async fn place_files(
     new_records: &HashMap<Hash, FileRecord>,
     rollback: &mut Rollback<'_>,
 ) -> Result<(), ApiError> {
+    // (tmp path, final path or None for a tmp file to drop)
+    let mut moves: Vec<(&PathBuf, Option<PathBuf>)> = Vec::with_capacity(files.len());
     for (i, file) in files.iter().enumerate() {
         let record = new_records
             .get(&file.hash)
             .filter(|_| first_of[&file.hash] == i);
-        let Some(record) = record else {
+        let target = record.map(|r| ctx.store.absolute(&r.path));
+        if let Some(parent) = target.as_ref().and_then(|t| t.parent())
+            && !ctx.store.dir_known(parent)
+        {
             ctx.io
-                .remove_file(&file.tmp_path)
-                .await
-                .map_err(|e| ApiError::storage("cannot remove tmp file", &e))?;
-            continue;
-        };
-        let target = ctx.store.absolute(&record.path);
-        let parent = target
-            .parent()
-            .expect("stored paths have a parent")
-            .to_path_buf();
-        if !ctx.store.dir_known(&parent) {
-            ctx.io
-                .create_dir_all(&parent)
+                .create_dir_all(parent)
                 .await
                 .map_err(|e| ApiError::storage("cannot create directory", &e))?;
-            ctx.store.remember_dir(parent);
+            ctx.store.remember_dir(parent.to_path_buf());
         }
-        ctx.io
-            .rename(&file.tmp_path, &target)
-            .await
-            .map_err(|e| ApiError::storage("cannot move file into place", &e))?;
-        rollback.renamed.push(target);
+        moves.push((&file.tmp_path, target));
     }
-    Ok(())
+    let results: Vec<(Option<PathBuf>, std::io::Result<()>)> = futures_util::stream::iter(moves)
+        .map(|(tmp, target)| async move {
+            match target {
+                Some(target) => {
+                    let result = ctx.io.rename(tmp, &target).await;
+                    (Some(target), result)
+                }
+                None => (None, ctx.io.remove_file(tmp).await),
+            }
+        })
+        .buffer_unordered(PLACE_CONCURRENCY_MAX)
+        .collect()
+        .await;
+    let mut first_error = None;
+    for (target, result) in results {
+        match (target, result) {
+            (Some(target), Ok(())) => rollback.renamed.push(target),
+            (_, Err(e)) => {
+                first_error.get_or_insert(e);
+            }
+            (None, Ok(())) => {}
+        }
+    }
+    match first_error {
+        Some(e) => Err(ApiError::storage("cannot move file into place", &e)),
+        None => Ok(()),
+    }
 }

@@ -1,21 +1,25 @@
 //! Receiving one file: chunks → BLAKE3 + sniff head + write into `storage/.tmp/`.
 //!
-//! A file holds one job slot (SPEC §3 back-pressure) while it streams; the slot is freed
-//! as soon as the file is in `.tmp`. The tmp path is registered with the request's
-//! [`TmpFiles`] guard before the first byte is written, so any failure or cancellation
-//! removes it.
+//! A file holds one job slot (SPEC §3 back-pressure) from its first byte until its tmp
+//! file is written and closed. The last write and the close run as a task of their own,
+//! so the parser moves on to the next part while the disk work finishes; the commit waits
+//! for every such task first. The request's [`TmpFiles`] guard knows every tmp path before
+//! the file can exist, so a failed or cancelled request leaves nothing in `.tmp`.
 
+use std::cell::Cell;
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use hyper::StatusCode;
+use tokio::task::JoinHandle;
 
 use super::IngestContext;
 use super::sniff::{self, Detected, SNIFF_BYTES};
 use crate::api::errors::ApiError;
 
-/// A file fully written into `.tmp`, not yet committed.
+/// A file received in full; its tmp file is complete once `written` resolves.
 #[derive(Debug)]
 pub struct ReceivedFile {
     pub tmp_path: PathBuf,
@@ -23,6 +27,8 @@ pub struct ReceivedFile {
     pub size: u64,
     pub detected: Detected,
     pub original_name: String,
+    /// The task doing the last write and close of the tmp file.
+    pub written: Option<JoinHandle<std::io::Result<u64>>>,
 }
 
 /// Where a file's bytes come from (a multipart part or a raw request body).
@@ -33,17 +39,20 @@ pub trait ChunkSource {
 }
 
 /// Tmp files of one request; removed on drop unless the request committed them.
+///
+/// A write task still running at drop time sees `cancelled` when it ends and removes its
+/// own file, so no tmp file outlives a failed request whatever the interleaving.
 pub struct TmpFiles {
     paths: Vec<PathBuf>,
+    cancelled: Rc<Cell<bool>>,
 }
 
 impl TmpFiles {
     pub fn new() -> TmpFiles {
-        TmpFiles { paths: Vec::new() }
-    }
-
-    fn add(&mut self, path: PathBuf) {
-        self.paths.push(path);
+        TmpFiles {
+            paths: Vec::new(),
+            cancelled: Rc::new(Cell::new(false)),
+        }
     }
 
     /// The files were renamed or removed by the commit: nothing left to clean.
@@ -60,6 +69,10 @@ impl Default for TmpFiles {
 
 impl Drop for TmpFiles {
     fn drop(&mut self) {
+        if self.paths.is_empty() {
+            return;
+        }
+        self.cancelled.set(true);
         // Rare path (failed or cancelled request): a blocking unlink is fine here.
         for path in &self.paths {
             let _ = std::fs::remove_file(path);
@@ -75,31 +88,35 @@ pub async fn receive_file(
     part_content_type: Option<String>,
     tmp_files: &mut TmpFiles,
 ) -> Result<ReceivedFile, ApiError> {
-    let _slot = acquire_job_slot(ctx).await?;
+    let slot = acquire_job_slot(ctx).await?;
     let tmp_path = ctx.next_tmp_path();
-    let mut writer = ctx
-        .io
-        .create_tmp(tmp_path.clone())
-        .await
-        .map_err(|e| ApiError::storage("cannot create tmp file", &e))?;
-    tmp_files.add(tmp_path.clone());
+    tmp_files.paths.push(tmp_path.clone());
+    let mut writer = ctx.io.create_tmp(tmp_path.clone());
     let mut hasher = blake3::Hasher::new();
     let mut head: Vec<u8> = Vec::new();
+    let mut size = 0u64;
     while let Some(chunk) = source.next_chunk().await? {
         hasher.update(&chunk);
         if head.len() < SNIFF_BYTES {
             let take = (SNIFF_BYTES - head.len()).min(chunk.len());
             head.extend_from_slice(&chunk[..take]);
         }
+        size += chunk.len() as u64;
         writer
             .write(&chunk)
             .await
             .map_err(|e| ApiError::storage("cannot write tmp file", &e))?;
     }
-    let size = writer
-        .finish()
-        .await
-        .map_err(|e| ApiError::storage("cannot write tmp file", &e))?;
+    let cancelled = tmp_files.cancelled.clone();
+    let path = tmp_path.clone();
+    let written = tokio::task::spawn_local(async move {
+        let result = writer.finish().await;
+        if cancelled.get() {
+            let _ = std::fs::remove_file(&path);
+        }
+        drop(slot);
+        result
+    });
     let detected = sniff::detect(&head, part_content_type.as_deref(), &original_name);
     Ok(ReceivedFile {
         tmp_path,
@@ -107,7 +124,27 @@ pub async fn receive_file(
         size,
         detected,
         original_name,
+        written: Some(written),
     })
+}
+
+/// Waits for the tmp files of a request to be complete; checks their sizes.
+pub async fn wait_written(files: &mut [ReceivedFile]) -> Result<(), ApiError> {
+    for file in files.iter_mut() {
+        let Some(task) = file.written.take() else {
+            continue;
+        };
+        let written = task
+            .await
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+            .map_err(|e| ApiError::storage("cannot write tmp file", &e))?;
+        // Invariant: the bytes on disk are the bytes hashed.
+        assert_eq!(
+            written, file.size,
+            "tmp file size differs from bytes received"
+        );
+    }
+    Ok(())
 }
 
 async fn acquire_job_slot(
@@ -117,13 +154,10 @@ async fn acquire_job_slot(
     match tokio::time::timeout(ctx.limits.job_slot_wait_max, slots.acquire_owned()).await {
         Ok(Ok(permit)) => Ok(permit),
         Ok(Err(_)) => Err(ApiError::overloaded("shutting down")),
-        Err(_) => Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "overloaded: no job slot free within {} s (queue capacity {})",
-                ctx.limits.job_slot_wait_max.as_secs(),
-                ctx.limits.jobs_in_flight_max
-            ),
-        )),
+        Err(_) => Err(ApiError::overloaded(format!(
+            "overloaded: no job slot free within {} s (queue capacity {})",
+            ctx.limits.job_slot_wait_max.as_secs(),
+            ctx.limits.jobs_in_flight_max
+        ))),
     }
 }

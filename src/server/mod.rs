@@ -85,17 +85,17 @@ impl Shared {
 #[derive(Debug)]
 pub struct StartError(pub String);
 
-fn choose_engine(config: &Config) -> Result<EngineChoice, StartError> {
+fn choose_engine(config: &Config, probe_dir: &std::path::Path) -> Result<EngineChoice, StartError> {
     match config.io_engine {
         IoEngine::Threads => Ok(EngineChoice::Threads),
-        IoEngine::Uring => crate::store::io::probe_uring(&config.limits)
+        IoEngine::Uring => crate::store::io::probe_uring(&config.limits, probe_dir)
             .map(|()| EngineChoice::Uring)
             .map_err(|e| {
                 StartError(format!(
                     "RHINOBOX_IO_ENGINE/--io-engine: uring requested but unavailable: {e}"
                 ))
             }),
-        IoEngine::Auto => match crate::store::io::probe_uring(&config.limits) {
+        IoEngine::Auto => match crate::store::io::probe_uring(&config.limits, probe_dir) {
             Ok(()) => Ok(EngineChoice::Uring),
             Err(e) => {
                 eprintln!(
@@ -118,7 +118,7 @@ pub fn run(config: Config) -> Result<i32, StartError> {
             report.torn_tail_bytes
         );
     }
-    let engine = choose_engine(&config)?;
+    let engine = choose_engine(&config, &store.tmp_dir)?;
     let listener = std::net::TcpListener::bind(config.addr).map_err(|e| {
         StartError(format!(
             "RHINOBOX_ADDR/--addr: cannot bind {}: {e}",

@@ -12,6 +12,8 @@ use serde_json::json;
 
 use super::Shared;
 use crate::api::errors::{ApiError, Body, json_response};
+use crate::api::files::{FileEndpoint, serve_file};
+use crate::api::manage;
 use crate::api::metrics::encode_scalar;
 use crate::ingest::IngestContext;
 use crate::ingest::commit::Annotations;
@@ -114,6 +116,24 @@ async fn route(
             let value = handle_put(ctx, request, name, annotations).await?;
             Ok(json_response(StatusCode::OK, &value))
         }
+        ("/files/download", Method::GET | Method::HEAD) => {
+            serve_file(&ctx, &request, FileEndpoint::Download).await
+        }
+        ("/files/stream", Method::GET | Method::HEAD) => {
+            serve_file(&ctx, &request, FileEndpoint::Stream).await
+        }
+        ("/files/metadata", Method::GET) => manage::metadata(&ctx, &request),
+        ("/files/search", Method::GET) => manage::search(&shared.store, &request),
+        ("/files", Method::GET) => manage::list(&shared.store, &request),
+        ("/statistics", Method::GET) => Ok(manage::statistics(&shared.store)),
+        ("/files/download" | "/files/stream", _) => Ok(method_not_allowed("GET, HEAD")),
+        ("/files/metadata" | "/files/search" | "/files" | "/statistics", _) => {
+            Ok(method_not_allowed("GET"))
+        }
+        (p, Method::DELETE) if p.starts_with("/files/") => {
+            manage::delete(ctx, &p["/files/".len()..]).await
+        }
+        (p, _) if p.starts_with("/files/") => Ok(method_not_allowed("DELETE")),
         ("/healthz" | "/stats" | "/metrics" | "/ingest/media", _) => Err(ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "method not allowed",
@@ -124,6 +144,16 @@ async fn route(
         )),
         _ => Err(ApiError::not_found(format!("no such endpoint: {path}"))),
     }
+}
+
+/// 405 with the `Allow` header RFC 9110 §15.5.6 asks for.
+fn method_not_allowed(allow: &'static str) -> Response<Body> {
+    let mut response =
+        ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed").into_response();
+    response
+        .headers_mut()
+        .insert(header::ALLOW, header::HeaderValue::from_static(allow));
+    response
 }
 
 fn metrics_response(shared: &Shared) -> Response<Body> {

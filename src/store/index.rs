@@ -7,11 +7,21 @@
 //! then looks again: two identical files uploaded at once end as one stored copy.
 //!
 //! DashMap guards are only held inside short synchronous blocks, never across `.await`.
+//!
+//! Beside the hash map the index keeps two views for the read API, updated with every
+//! insert and removal so that no request walks the disk or sorts the whole index:
+//! - `by_path`: record path → hash, for `?path=` lookups;
+//! - `newest`: journal sequence → file, ordered, so a listing page is read newest first
+//!   by skipping `offset` entries instead of sorting everything per request.
+//!
+//! A delete turns `Stored` into `Pending` first ([`Index::begin_delete`]): an upload of the
+//! same content waits until the file is gone from disk and the delete is journaled, so it
+//! never lands on the path the delete is about to unlink.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, RwLock};
 
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
@@ -54,6 +64,17 @@ pub struct Index {
     slots: DashMap<Hash, Slot>,
     next_sequence: AtomicU64,
     totals: Mutex<HashMap<String, Totals>>,
+    /// Record path → hash of every stored file.
+    by_path: DashMap<Box<str>, Hash>,
+    /// Every stored file by journal sequence; iterated in reverse for newest first.
+    newest: RwLock<BTreeMap<u64, Arc<StoredFile>>>,
+}
+
+/// One page of a filtered newest-first listing.
+pub struct Page {
+    pub files: Vec<Arc<StoredFile>>,
+    /// Files matching the filter over the whole index.
+    pub total: usize,
 }
 
 impl Default for Index {
@@ -68,6 +89,8 @@ impl Index {
             slots: DashMap::with_shard_amount(64),
             next_sequence: AtomicU64::new(1),
             totals: Mutex::new(HashMap::new()),
+            by_path: DashMap::with_shard_amount(64),
+            newest: RwLock::new(BTreeMap::new()),
         }
     }
 
@@ -123,16 +146,14 @@ impl Index {
     /// Inserts a stored file (journal replay and publish); returns it.
     pub fn insert_stored(&self, hash: &Hash, record: FileRecord) -> Arc<StoredFile> {
         let sequence = self.next_sequence.fetch_add(1, Ordering::Relaxed);
-        let media_type = record.media_type.clone();
-        let size = record.size;
         let file = Arc::new(StoredFile { sequence, record });
         let previous = self.slots.insert(*hash, Slot::Stored(file.clone()));
         match previous {
             Some(Slot::Pending(gate)) => gate.close(),
-            Some(Slot::Stored(old)) => self.account(&old.record.media_type, old.record.size, false),
+            Some(Slot::Stored(old)) => self.unlink(hash, &old),
             None => {}
         }
-        self.account(&media_type, size, true);
+        self.link(hash, &file);
         file
     }
 
@@ -143,11 +164,105 @@ impl Index {
             .remove_if(hash, |_, slot| matches!(slot, Slot::Stored(_)))?;
         match slot {
             Slot::Stored(file) => {
-                self.account(&file.record.media_type, file.record.size, false);
+                self.unlink(hash, &file);
                 Some(file)
             }
             Slot::Pending(_) => None,
         }
+    }
+
+    /// Starts deleting `hash`: a stored file becomes a pending claim owned by the caller,
+    /// so uploads of the same content wait. Returns the file, or `None` when not stored.
+    /// The caller ends it with [`Index::abandon`] (deleted) or [`Index::cancel_delete`].
+    pub fn begin_delete(&self, hash: &Hash) -> Option<Arc<StoredFile>> {
+        let file = {
+            let mut slot = self.slots.get_mut(hash)?;
+            let Slot::Stored(file) = slot.value() else {
+                return None;
+            };
+            let file = file.clone();
+            *slot = Slot::Pending(Arc::new(Semaphore::new(0)));
+            file
+        };
+        self.unlink(hash, &file);
+        Some(file)
+    }
+
+    /// Undoes [`Index::begin_delete`]: the file is stored again, in its old place in order.
+    pub fn cancel_delete(&self, hash: &Hash, file: Arc<StoredFile>) {
+        let previous = self.slots.insert(*hash, Slot::Stored(file.clone()));
+        if let Some(Slot::Pending(gate)) = previous {
+            gate.close();
+        }
+        self.link(hash, &file);
+    }
+
+    /// Looks a stored file up by its record path (`storage/...`).
+    pub fn get_by_path(&self, path: &str) -> Option<Arc<StoredFile>> {
+        let hash = *self.by_path.get(path)?;
+        self.get(&hash).filter(|file| file.record.path == path)
+    }
+
+    /// Newest first: the files matching `keep`, skipping `offset` of them, at most `limit`,
+    /// and how many match in all. The ordered view is read-locked for one pass; the
+    /// filter must be cheap and must not block.
+    pub fn page_newest_first(
+        &self,
+        keep: impl Fn(&StoredFile) -> bool,
+        offset: usize,
+        limit: usize,
+    ) -> Page {
+        let newest = self.newest.read().unwrap_or_else(|p| p.into_inner());
+        let mut files = Vec::with_capacity(limit.min(newest.len()));
+        let mut total = 0usize;
+        for file in newest.values().rev() {
+            if !keep(file) {
+                continue;
+            }
+            if total >= offset && files.len() < limit {
+                files.push(file.clone());
+            }
+            total += 1;
+        }
+        Page { files, total }
+    }
+
+    /// Newest first, without a filter: no pass over the files that are not shown.
+    pub fn page_all_newest_first(&self, offset: usize, limit: usize) -> Page {
+        let newest = self.newest.read().unwrap_or_else(|p| p.into_inner());
+        let files = newest
+            .values()
+            .rev()
+            .skip(offset)
+            .take(limit)
+            .cloned()
+            .collect();
+        Page {
+            files,
+            total: newest.len(),
+        }
+    }
+
+    /// Adds a stored file to the totals and the read views.
+    fn link(&self, hash: &Hash, file: &Arc<StoredFile>) {
+        self.account(&file.record.media_type, file.record.size, true);
+        self.by_path
+            .insert(file.record.path.clone().into_boxed_str(), *hash);
+        self.newest
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(file.sequence, file.clone());
+    }
+
+    /// Takes a stored file out of the totals and the read views.
+    fn unlink(&self, hash: &Hash, file: &StoredFile) {
+        self.account(&file.record.media_type, file.record.size, false);
+        self.by_path
+            .remove_if(file.record.path.as_str(), |_, owner| owner == hash);
+        self.newest
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&file.sequence);
     }
 
     fn account(&self, media_type: &str, size: u64, add: bool) {

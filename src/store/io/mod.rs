@@ -46,10 +46,11 @@ impl CoreIo {
         threads::ThreadsIo::new(limits).map(CoreIo::Threads)
     }
 
-    pub async fn create_tmp(&self, path: PathBuf) -> io::Result<TmpWriter> {
+    /// A writer for a new tmp file; the file appears on disk with its first write.
+    pub fn create_tmp(&self, path: PathBuf) -> TmpWriter {
         match self {
-            CoreIo::Uring(io) => io.create_tmp(path).await.map(TmpWriter::Uring),
-            CoreIo::Threads(io) => io.create_tmp(path).await.map(TmpWriter::Threads),
+            CoreIo::Uring(io) => TmpWriter::Uring(io.create_tmp(path)),
+            CoreIo::Threads(io) => TmpWriter::Threads(io.create_tmp(path)),
         }
     }
 
@@ -123,11 +124,12 @@ impl TmpWriter {
 }
 
 /// Probes whether io_uring works here: a ring can be created and a buffer registered.
-pub fn probe_uring(limits: &Limits) -> Result<(), String> {
+pub fn probe_uring(limits: &Limits, probe_dir: &Path) -> Result<(), String> {
     io_uring_probe_ring().map_err(|e| format!("io_uring_setup failed: {e}"))?;
     let rt = tokio_uring::Runtime::new(&tokio_uring::builder())
         .map_err(|e| format!("tokio-uring runtime failed: {e}"))?;
     let limits = limits.clone();
+    let probe_dir = probe_dir.to_path_buf();
     rt.block_on(async move {
         let io = uring::UringIo::new(&limits).map_err(|e| {
             format!(
@@ -136,11 +138,8 @@ pub fn probe_uring(limits: &Limits) -> Result<(), String> {
             )
         })?;
         // A real file op proves the ring works under this seccomp profile.
-        let dir = std::env::temp_dir().join(format!("rhinobox-probe-{}", std::process::id()));
-        let mut writer = io
-            .create_tmp(dir.clone())
-            .await
-            .map_err(|e| format!("io_uring openat failed: {e}"))?;
+        let dir = probe_dir.join(format!("probe-{}", std::process::id()));
+        let mut writer = io.create_tmp(dir.clone());
         writer
             .write(b"probe")
             .await

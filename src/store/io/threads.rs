@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::mpsc::{SyncSender, sync_channel};
 
-use tokio::sync::oneshot;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use crate::config::Limits;
 
@@ -76,6 +76,8 @@ impl BlockingPool {
 pub struct ThreadsIo {
     pub pool: BlockingPool,
     buffer_bytes: usize,
+    /// Bounds the write buffers of a core like the uring engine's registered pool does.
+    buffers: Arc<Semaphore>,
 }
 
 impl ThreadsIo {
@@ -84,46 +86,48 @@ impl ThreadsIo {
         Ok(ThreadsIo {
             pool,
             buffer_bytes: limits.io_buffer_bytes,
+            buffers: Arc::new(Semaphore::new(limits.io_buffers_per_core)),
         })
     }
 
-    pub async fn create_tmp(&self, path: PathBuf) -> io::Result<ThreadsWriter> {
-        let file = self
-            .pool
-            .run(move || {
-                OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o644)
-                    .open(path)
-            })
-            .await?;
-        Ok(ThreadsWriter {
-            pool: self.pool.clone(),
-            file: Arc::new(file),
-            buffer: Vec::with_capacity(self.buffer_bytes),
-            buffer_bytes: self.buffer_bytes,
+    /// A writer for a new file at `path`; the file is created by the first flush, so a
+    /// small file is one pool job (open, write, close).
+    pub fn create_tmp(&self, path: PathBuf) -> ThreadsWriter {
+        ThreadsWriter {
+            io: self.clone(),
+            path: Arc::new(path),
+            file: None,
+            buffer: Vec::new(),
+            buffer_permit: None,
             offset: 0,
-        })
+        }
     }
 }
 
 /// Streams one file through a bounded buffer written by the pool.
 pub struct ThreadsWriter {
-    pool: BlockingPool,
-    file: Arc<File>,
+    io: ThreadsIo,
+    path: Arc<PathBuf>,
+    /// Created (O_EXCL) by the first flush.
+    file: Option<Arc<File>>,
+    /// Grows with the file up to `buffer_bytes`, so small files stay small in memory.
     buffer: Vec<u8>,
-    buffer_bytes: usize,
+    buffer_permit: Option<OwnedSemaphorePermit>,
     offset: u64,
 }
 
 impl ThreadsWriter {
     pub async fn write(&mut self, mut data: &[u8]) -> io::Result<()> {
+        if self.buffer_permit.is_none() {
+            let permit = self.io.buffers.clone().acquire_owned().await;
+            self.buffer_permit = Some(permit.map_err(|_| io::Error::other("buffers closed"))?);
+        }
+        let cap = self.io.buffer_bytes;
         while !data.is_empty() {
-            let n = (self.buffer_bytes - self.buffer.len()).min(data.len());
+            let n = (cap - self.buffer.len()).min(data.len());
             self.buffer.extend_from_slice(&data[..n]);
             data = &data[n..];
-            if self.buffer.len() == self.buffer_bytes {
+            if self.buffer.len() == cap {
                 self.flush().await?;
             }
         }
@@ -133,12 +137,28 @@ impl ThreadsWriter {
     async fn flush(&mut self) -> io::Result<()> {
         let buffer = std::mem::take(&mut self.buffer);
         let file = self.file.clone();
+        let path = self.path.clone();
         let offset = self.offset;
         let written = buffer.len() as u64;
-        let buffer = self
+        let (file, buffer) = self
+            .io
             .pool
-            .run(move || file.write_all_at(&buffer, offset).map(|()| buffer))
+            .run(move || {
+                let file = match file {
+                    Some(file) => file,
+                    None => Arc::new(
+                        OpenOptions::new()
+                            .write(true)
+                            .create_new(true)
+                            .mode(0o644)
+                            .open(&*path)?,
+                    ),
+                };
+                file.write_all_at(&buffer, offset)?;
+                Ok((file, buffer))
+            })
             .await?;
+        self.file = Some(file);
         self.buffer = buffer;
         self.buffer.clear();
         self.offset += written;
@@ -146,7 +166,8 @@ impl ThreadsWriter {
     }
 
     pub async fn finish(mut self) -> io::Result<u64> {
-        if !self.buffer.is_empty() {
+        // Flush even when nothing was written: a zero-byte file exists too.
+        if !self.buffer.is_empty() || self.file.is_none() {
             self.flush().await?;
         }
         Ok(self.offset)

@@ -44,25 +44,20 @@ impl UringIo {
         })
     }
 
-    pub async fn create_tmp(&self, path: PathBuf) -> io::Result<UringWriter> {
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o644)
-            .custom_flags(libc::O_CLOEXEC)
-            .open(&path)
-            .await?;
-        Ok(UringWriter {
+    /// A writer for a new file at `path`; the file is created with the first write to
+    /// disk, so a small file costs one open, one write and one close, all in `finish`.
+    pub fn create_tmp(&self, path: PathBuf) -> UringWriter {
+        UringWriter {
             io: self.clone(),
             path,
-            buffered: Rc::new(file),
+            buffered: None,
             direct: None,
             direct_unsupported: false,
             filling: None,
             filled: 0,
             offset: 0,
             in_flight: None,
-        })
+        }
     }
 }
 
@@ -72,7 +67,8 @@ type WriteTask = JoinHandle<(io::Result<()>, FixedBuf)>;
 pub struct UringWriter {
     io: UringIo,
     path: PathBuf,
-    buffered: Rc<File>,
+    /// Opened (O_CREAT|O_EXCL) on the first write to disk.
+    buffered: Option<Rc<File>>,
     direct: Option<Rc<File>>,
     direct_unsupported: bool,
     filling: Option<FixedBuf>,
@@ -125,11 +121,27 @@ impl UringWriter {
         Ok(())
     }
 
+    /// The page-cache descriptor, creating the file on first use.
+    async fn buffered_file(&mut self) -> io::Result<Rc<File>> {
+        if self.buffered.is_none() {
+            let file = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o644)
+                .custom_flags(libc::O_CLOEXEC)
+                .open(&self.path)
+                .await?;
+            self.buffered = Some(Rc::new(file));
+        }
+        Ok(self.buffered.clone().expect("opened above"))
+    }
+
     /// O_DIRECT once the file is known to be large, else the page cache.
     async fn target_for_full_buffer(&mut self) -> io::Result<Rc<File>> {
+        let buffered = self.buffered_file().await?;
         let large = self.offset + self.io.buffer_bytes as u64 >= self.io.direct_bytes_min;
         if !large || self.direct_unsupported {
-            return Ok(self.buffered.clone());
+            return Ok(buffered);
         }
         if self.direct.is_none() {
             let opened = OpenOptions::new()
@@ -142,7 +154,7 @@ impl UringWriter {
                 // tmpfs and some FUSE file systems refuse O_DIRECT: stay buffered.
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
                     self.direct_unsupported = true;
-                    return Ok(self.buffered.clone());
+                    return Ok(buffered);
                 }
                 Err(e) => return Err(e),
             }
@@ -152,11 +164,11 @@ impl UringWriter {
 
     pub async fn finish(mut self) -> io::Result<u64> {
         self.wait_in_flight().await?;
+        let buffered = self.buffered_file().await?;
         if let Some(buf) = self.filling.take()
             && self.filled > 0
         {
-            let (result, _) = self
-                .buffered
+            let (result, _) = buffered
                 .write_fixed_all_at(buf.slice(..self.filled), self.offset)
                 .await;
             result?;
@@ -165,7 +177,8 @@ impl UringWriter {
         if let Some(direct) = self.direct.take() {
             close(direct).await?;
         }
-        close(self.buffered.clone()).await?;
+        self.buffered = None;
+        close(buffered).await?;
         Ok(size)
     }
 }
