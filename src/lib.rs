@@ -14,6 +14,7 @@
 //!   generator shared by the benchmark harness and the integration tests.
 
 pub mod api;
+pub mod bench;
 pub mod client;
 pub mod config;
 pub mod ingest;

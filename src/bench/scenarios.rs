@@ -1,0 +1,553 @@
+//! The suites: which runs make up each scenario group, on which daemon configuration, and
+//! the bookkeeping around them (fresh data dirs, the fs ceiling, A/B interleaving).
+//!
+//! A group is a list of load shapes run on one server: a daemon the harness starts for
+//! the group (with the group's durability, io engine or worker count) on a fresh data
+//! dir, or the URL it was given. With `--compare`, every shape runs on target A then B,
+//! `rounds` times, interleaved (A B A B), so that drift of the host hits both alike.
+//! Data dirs are only removed when the whole suite is done: deleting many files makes
+//! ext4 without a journal create files slowly for a while afterwards (PLATFORM-NOTES).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use super::ceiling::{self, CeilingOutcome, CeilingSpec};
+use super::index_scale::{self, IndexOutcome};
+use super::load::{self, LoadSpec};
+use super::report::{RunLabels, RunResult};
+use super::target::{Daemon, DaemonSpec, Endpoint, Mode};
+use super::workload::{Sizes, Workload, fresh_nonce};
+
+/// Every group of the standard suite, in the order they run.
+pub const STANDARD: &[&str] = &[
+    "seed",
+    "latency",
+    "sizes",
+    "concurrency",
+    "dedup",
+    "durability",
+    "engines",
+    "workers",
+    "put",
+    "index",
+];
+
+/// Everything the suite needs to know.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Target A: a URL, or `None` to start the daemon per group.
+    pub url: Option<String>,
+    pub pid: Option<u32>,
+    /// Target B.
+    pub compare: Option<String>,
+    pub compare_pid: Option<u32>,
+    /// Frame every request as PUT (one file per request).
+    pub put: bool,
+    pub daemon: DaemonSpec,
+    /// The sync policy of a URL target (for its fs ceiling); a started daemon's own.
+    pub url_durability: String,
+    pub work_dir: PathBuf,
+    pub scale: f64,
+    pub rate: f64,
+    pub rounds: usize,
+    pub max_workers: usize,
+    pub ceiling_threads: usize,
+    pub index_records: usize,
+    pub groups: Vec<String>,
+}
+
+/// A load shape of a group.
+struct Plan {
+    name: String,
+    clients: usize,
+    files_per_request: usize,
+    sizes: Sizes,
+    duplicate_ratio: f64,
+    warmup_per_client: usize,
+    requests_per_client: usize,
+    rate: Option<f64>,
+    mode: Option<Mode>,
+}
+
+/// A group: its daemon configuration changes, then its shapes.
+struct Group {
+    name: String,
+    durability: Option<String>,
+    io_engine: Option<String>,
+    workers: Option<usize>,
+    plans: Vec<Plan>,
+}
+
+/// One server for one group.
+struct Server {
+    addr: std::net::SocketAddr,
+    url_path: String,
+    pid: Option<u32>,
+    daemon: Option<Daemon>,
+    desc: String,
+    durability: Option<String>,
+}
+
+/// Everything measured by a suite.
+#[derive(Debug, Default, Serialize)]
+pub struct SuiteOutcome {
+    pub runs: Vec<RunResult>,
+    pub ceilings: Vec<(CeilingSpec, CeilingOutcome)>,
+    pub index: Option<IndexOutcome>,
+    pub notes: Vec<String>,
+}
+
+/// Runs the groups named in `options.groups`.
+pub fn run_suite(options: &Options) -> SuiteOutcome {
+    let run_dir = options
+        .work_dir
+        .join(format!("rhinobox-bench-{}", std::process::id()));
+    let mut suite = Suite {
+        options,
+        run_dir,
+        dirs_made: 0,
+        outcome: SuiteOutcome::default(),
+        ceiling_cache: HashMap::new(),
+    };
+    let names: Vec<String> = options
+        .groups
+        .iter()
+        .flat_map(|g| expand(g, options))
+        .collect();
+    for name in &names {
+        eprintln!("== {name}");
+        if name == "index" {
+            suite.index();
+            continue;
+        }
+        match build_group(name, options).or_else(|| build_varied(name, options)) {
+            Some(group) => suite.group(group),
+            None => suite.note(format!("unknown scenario group {name:?} (skipped)")),
+        }
+    }
+    suite.outcome
+}
+
+struct Suite<'a> {
+    options: &'a Options,
+    run_dir: PathBuf,
+    dirs_made: usize,
+    outcome: SuiteOutcome,
+    ceiling_cache: HashMap<(u64, String), f64>,
+}
+
+impl Suite<'_> {
+    fn note(&mut self, note: String) {
+        eprintln!("  note: {note}");
+        self.outcome.notes.push(note);
+    }
+
+    fn fresh_dir(&mut self, name: &str) -> PathBuf {
+        self.dirs_made += 1;
+        let dir = self.run_dir.join(format!("{:02}-{name}", self.dirs_made));
+        std::fs::create_dir_all(&dir).expect("creating a run directory");
+        dir
+    }
+
+    /// Runs every plan of `group` on its server(s).
+    fn group(&mut self, group: Group) {
+        let changes_daemon =
+            group.durability.is_some() || group.io_engine.is_some() || group.workers.is_some();
+        if changes_daemon && (self.options.url.is_some() || self.options.compare.is_some()) {
+            let note = format!(
+                "{}: needs daemons started by the harness (no --url/--compare); skipped",
+                group.name
+            );
+            self.note(note);
+            return;
+        }
+        let mut servers = Vec::new();
+        let targets: Vec<(&str, Option<&String>, Option<u32>)> =
+            std::iter::once(("A", self.options.url.as_ref(), self.options.pid))
+                .chain(
+                    self.options
+                        .compare
+                        .as_ref()
+                        .map(|url| ("B", Some(url), self.options.compare_pid)),
+                )
+                .collect();
+        for (label, url, pid) in targets {
+            match self.start_server(&group, url, pid) {
+                Ok(server) => servers.push((label, server)),
+                Err(error) => {
+                    self.note(format!(
+                        "{}: cannot start target {label}: {error}",
+                        group.name
+                    ));
+                    return;
+                }
+            }
+        }
+        let rounds = if servers.len() > 1 {
+            self.options.rounds.max(1)
+        } else {
+            1
+        };
+        for plan in &group.plans {
+            let mode = plan.mode.unwrap_or(if self.options.put {
+                Mode::Put
+            } else {
+                Mode::Post
+            });
+            if mode == Mode::Put && plan.files_per_request > 1 {
+                self.note(format!(
+                    "{}/{}: batches cannot be sent as PUT; skipped",
+                    group.name, plan.name
+                ));
+                continue;
+            }
+            for _ in 0..rounds {
+                for (label, server) in &servers {
+                    self.run_plan(&group.name, plan, mode, label, server);
+                }
+            }
+        }
+        for (label, server) in servers {
+            if let Some(daemon) = server.daemon
+                && let Err(error) = daemon.stop()
+            {
+                self.note(format!(
+                    "{}: target {label} did not stop cleanly: {error}",
+                    group.name
+                ));
+            }
+        }
+    }
+
+    fn start_server(
+        &mut self,
+        group: &Group,
+        url: Option<&String>,
+        pid: Option<u32>,
+    ) -> Result<Server, String> {
+        if let Some(url) = url {
+            let endpoint = Endpoint::parse(url, Mode::Post)?;
+            let url_path = url
+                .trim_start_matches("http://")
+                .find('/')
+                .map(|at| url.trim_start_matches("http://")[at..].to_string());
+            return Ok(Server {
+                addr: endpoint.addr,
+                url_path: url_path.unwrap_or_default(),
+                pid,
+                daemon: None,
+                desc: url.clone(),
+                durability: Some(self.options.url_durability.clone()),
+            });
+        }
+        let mut spec = self.options.daemon.clone();
+        if let Some(durability) = &group.durability {
+            spec.durability = durability.clone();
+        }
+        if let Some(engine) = &group.io_engine {
+            spec.io_engine = engine.clone();
+        }
+        if let Some(workers) = group.workers {
+            spec.workers = workers;
+        }
+        let dir = self.fresh_dir(&format!(
+            "{}-{}-{}-w{}",
+            group.name, spec.durability, spec.io_engine, spec.workers
+        ));
+        let daemon = Daemon::start(&spec, &dir.join("data"), &dir.join("daemon.log"))?;
+        Ok(Server {
+            addr: daemon.addr,
+            url_path: String::new(),
+            pid: Some(daemon.pid),
+            desc: format!(
+                "rhinobox durability={} io-engine={} workers={}",
+                spec.durability, spec.io_engine, spec.workers
+            ),
+            durability: Some(spec.durability.clone()),
+            daemon: Some(daemon),
+        })
+    }
+
+    fn run_plan(&mut self, group: &str, plan: &Plan, mode: Mode, label: &str, server: &Server) {
+        let endpoint = Endpoint::new(server.addr, &server.url_path, mode);
+        let files_per_request = if mode == Mode::Put {
+            1
+        } else {
+            plan.files_per_request
+        };
+        let spec = LoadSpec {
+            clients: plan.clients,
+            warmup_per_client: plan.warmup_per_client,
+            requests_per_client: plan.requests_per_client,
+            workload: Workload {
+                files_per_request,
+                sizes: plan.sizes,
+                duplicate_ratio: plan.duplicate_ratio,
+                nonce: fresh_nonce(),
+                mode,
+            },
+            rate: plan.rate,
+        };
+        let scenario = format!("{group}/{}", plan.name);
+        let outcome = load::run(&endpoint, server.pid, &spec, &scenario);
+        let labels = RunLabels {
+            scenario,
+            target: label.to_string(),
+            target_desc: server.desc.clone(),
+            mode,
+            clients: plan.clients,
+            files_per_request,
+            file_size: plan.sizes.label(),
+            duplicate_ratio: plan.duplicate_ratio,
+            rate_per_s: plan.rate,
+            durability: server.durability.clone(),
+        };
+        let mut result = RunResult::new(labels, outcome);
+        if let (Sizes::Fixed(size), Some(sync), "A") = (plan.sizes, &server.durability, label)
+            && size <= 1 << 20
+            && plan.rate.is_none()
+        {
+            let files = (result.files as usize).clamp(2000, 20_000);
+            if let Some(ceiling) = self.ceiling(size, sync, files) {
+                result.ceiling_files_per_s = Some(ceiling);
+                result.pct_of_ceiling = Some(result.files_per_s / ceiling * 100.0);
+            }
+        }
+        println!("{}", result.line());
+        self.outcome.runs.push(result);
+    }
+
+    /// The fs ceiling for files of `size` under `sync`, measured once per suite.
+    fn ceiling(&mut self, size: u64, sync: &str, files: usize) -> Option<f64> {
+        let key = (size, sync.to_string());
+        if let Some(&value) = self.ceiling_cache.get(&key) {
+            return Some(value);
+        }
+        let spec = CeilingSpec {
+            files: if size >= 1 << 20 {
+                files.min(512)
+            } else {
+                files
+            },
+            size_bytes: size,
+            threads: self.options.ceiling_threads,
+            batch: 100,
+            sync: sync.to_string(),
+        };
+        let dir = self.fresh_dir(&format!("ceiling-{size}-{sync}"));
+        match ceiling::run(&dir, &spec) {
+            Ok(outcome) => {
+                println!(
+                    "{:<22} [fs] {:>7} files {:>9.0} files/s {:>8.1} MiB/s  ({} threads, sync {}, cpu {:.0}µs/file)",
+                    format!("ceiling/{}", Sizes::Fixed(size).label()),
+                    outcome.files,
+                    outcome.files_per_s,
+                    outcome.mib_per_s,
+                    spec.threads,
+                    spec.sync,
+                    outcome.cpu_us_per_file
+                );
+                self.ceiling_cache.insert(key, outcome.files_per_s);
+                let value = outcome.files_per_s;
+                self.outcome.ceilings.push((spec, outcome));
+                Some(value)
+            }
+            Err(error) => {
+                self.note(format!("ceiling for {size} B, sync {sync}: {error}"));
+                None
+            }
+        }
+    }
+
+    fn index(&mut self) {
+        if self.options.url.is_some() || self.options.compare.is_some() {
+            self.note("index: needs a daemon started by the harness; skipped".into());
+            return;
+        }
+        let dir = self.fresh_dir("index");
+        match index_scale::run(&dir, self.options.index_records, &self.options.daemon) {
+            Ok(outcome) => {
+                println!(
+                    "index/{:<16} journal {:.0} MiB written in {:.1} s; daemon ready in {:.2} s, RSS {:.1} MiB \
+                     (peak {:.1} MiB, {:.0} B/record), reports {} files",
+                    outcome.records,
+                    outcome.journal_bytes as f64 / (1 << 20) as f64,
+                    outcome.journal_write_s,
+                    outcome.ready_s,
+                    outcome.rss_after_start_mib,
+                    outcome.hwm_after_start_mib,
+                    outcome.bytes_per_record,
+                    outcome.files_reported
+                );
+                self.outcome.index = Some(outcome);
+            }
+            Err(error) => self.note(format!("index: {error}")),
+        }
+    }
+}
+
+/// Removes the suite's data dirs.
+pub fn remove_run_dir(work_dir: &Path) {
+    let run_dir = work_dir.join(format!("rhinobox-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(run_dir);
+}
+
+fn scaled(count: usize, scale: f64) -> usize {
+    ((count as f64 * scale).round() as usize).max(1)
+}
+
+fn plan(
+    name: &str,
+    clients: usize,
+    files_per_request: usize,
+    sizes: Sizes,
+    requests_per_client: usize,
+) -> Plan {
+    Plan {
+        name: name.into(),
+        clients,
+        files_per_request,
+        sizes,
+        duplicate_ratio: 0.0,
+        warmup_per_client: 1,
+        requests_per_client,
+        rate: None,
+        mode: None,
+    }
+}
+
+/// The sustained shape: 8 clients posting 100-file batches of 4 KiB.
+fn sustained(name: &str, scale: f64) -> Plan {
+    plan(name, 8, 100, Sizes::Fixed(4096), scaled(20, scale))
+}
+
+fn build_group(name: &str, options: &Options) -> Option<Group> {
+    let s = options.scale;
+    let group = |plans: Vec<Plan>| Group {
+        name: name.to_string(),
+        durability: None,
+        io_engine: None,
+        workers: None,
+        plans,
+    };
+    let four_kib = Sizes::Fixed(4096);
+    Some(match name {
+        "seed" => group(vec![
+            Plan {
+                warmup_per_client: 200,
+                ..plan("single", 1, 1, four_kib, scaled(2000, s))
+            },
+            Plan {
+                warmup_per_client: 2,
+                ..plan("batch100", 1, 100, four_kib, scaled(20, s))
+            },
+            plan("batch1000", 1, 1000, four_kib, scaled(5, s)),
+            sustained("sustained", s),
+        ]),
+        "latency" => {
+            let clients = 4;
+            let total = scaled((options.rate * 5.0) as usize, s);
+            group(vec![Plan {
+                warmup_per_client: 50,
+                rate: Some(options.rate),
+                ..plan(
+                    &format!("open-{}rps", options.rate),
+                    clients,
+                    1,
+                    four_kib,
+                    total.div_ceil(clients),
+                )
+            }])
+        }
+        "sizes" => group(vec![
+            plan("1KiB", 8, 100, Sizes::Fixed(1024), scaled(20, s)),
+            plan("4KiB", 8, 100, four_kib, scaled(20, s)),
+            plan("64KiB", 8, 10, Sizes::Fixed(64 << 10), scaled(40, s)),
+            plan("1MiB", 4, 1, Sizes::Fixed(1 << 20), scaled(64, s)),
+            Plan {
+                warmup_per_client: 0,
+                ..plan("256MiB", 1, 1, Sizes::Fixed(256 << 20), scaled(2, s))
+            },
+            plan("media", 4, 1, Sizes::Media, scaled(32, s)),
+        ]),
+        "concurrency" => group(
+            [1, 2, 4, 8, 16, 32, 64]
+                .into_iter()
+                .map(|clients| Plan {
+                    warmup_per_client: 10,
+                    ..plan(
+                        &format!("c{clients}"),
+                        clients,
+                        1,
+                        four_kib,
+                        scaled(4000, s).div_ceil(clients),
+                    )
+                })
+                .collect(),
+        ),
+        "dedup" => group(
+            [0.0, 0.5]
+                .into_iter()
+                .map(|ratio| Plan {
+                    duplicate_ratio: ratio,
+                    warmup_per_client: 4,
+                    ..plan(
+                        &format!("{}pct", (ratio * 100.0) as u32),
+                        8,
+                        100,
+                        four_kib,
+                        scaled(20, s),
+                    )
+                })
+                .collect(),
+        ),
+        "put" => group(vec![
+            Plan {
+                warmup_per_client: 100,
+                mode: Some(Mode::Put),
+                ..plan("4KiB-seq", 1, 1, four_kib, scaled(2000, s))
+            },
+            Plan {
+                warmup_per_client: 50,
+                mode: Some(Mode::Put),
+                ..plan("4KiB-c8", 8, 1, four_kib, scaled(2000, s))
+            },
+        ]),
+        // Groups that change the daemon are built by `build_varied`.
+        _ => return None,
+    })
+}
+
+/// Expands the groups that vary the daemon (durability, engines, workers) into one group
+/// per configuration; other names pass through.
+fn expand(name: &str, options: &Options) -> Vec<String> {
+    match name {
+        "durability" => vec!["durability:none".into(), "durability:batch".into()],
+        "engines" => vec!["engines:uring".into(), "engines:threads".into()],
+        "workers" => (1..=options.max_workers.max(1))
+            .map(|w| format!("workers:{w}"))
+            .collect(),
+        _ => vec![name.to_string()],
+    }
+}
+
+/// Builds a daemon-varying group from an expanded name (`durability:none`, ...).
+fn build_varied(name: &str, options: &Options) -> Option<Group> {
+    let (kind, value) = name.split_once(':')?;
+    let mut group = Group {
+        name: kind.to_string(),
+        durability: None,
+        io_engine: None,
+        workers: None,
+        plans: vec![sustained(value, options.scale)],
+    };
+    match kind {
+        "durability" => group.durability = Some(value.to_string()),
+        "engines" => group.io_engine = Some(value.to_string()),
+        "workers" => group.workers = Some(value.parse().ok()?),
+        _ => return None,
+    }
+    Some(group)
+}
