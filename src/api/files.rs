@@ -1,0 +1,852 @@
+//! `GET|HEAD /files/download` and `GET|HEAD /files/stream`: a stored file's bytes.
+//!
+//! In: `?hash=<64 hex>` or `?path=storage/...`, and the request's conditional and range
+//! headers. Out: the whole file (200), one byte range (206), 304 when the client's copy is
+//! current, 416 for an unsatisfiable range. Both endpoints serve the same representation
+//! with the same headers; `download` says `attachment`, `stream` says `inline`.
+//!
+//! - The body is read through the core's io engine (io_uring reads, or the blocking pool)
+//!   in chunks of [`DOWNLOAD_CHUNK_BYTES`] by a task on the serving core, one chunk read
+//!   ahead while the previous one is written to the socket: a download holds at most
+//!   three chunks, whatever its size.
+//! - The file is opened once per response, so a delete that unlinks it mid-download does
+//!   not cut the response short (the inode lives until the descriptor is closed).
+//! - `path=` is checked before the disk is touched (after percent-decoding it must start
+//!   with `storage/` and hold no empty, `.` or `..` segment and no NUL → 400), then walked
+//!   one component at a time with `lstat`: a symbolic link anywhere below `storage/` is
+//!   refused (400), a missing component is 404, and a path that exists but is not in the
+//!   index is 404. The file is opened with `O_NOFOLLOW`. What remains is a race with a
+//!   local user who can already write into the storage tree and swaps a directory for a
+//!   link between the walk and the open; such a user owns the data anyway.
+//! - Range handling follows RFC 9110 §14 for a single range: `bytes=a-b`, `a-` and `-n`.
+//!   A header with several ranges, another unit or bad syntax is ignored (200, the whole
+//!   file), as §14.2 allows; a syntactically valid range that starts at or beyond the end
+//!   (any range of an empty file) is 416 with `Content-Range: bytes */size`. Range only
+//!   applies to GET (§14.2); `If-Range` with the ETag or the exact Last-Modified date
+//!   keeps the range, anything else sends the whole file.
+//! - Preconditions per RFC 9110 §13.2.2: `If-None-Match` (weak comparison, `*`), and only
+//!   when it is absent `If-Modified-Since`; a match is 304 with the validators, no body.
+
+use std::io;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::{Frame, Incoming, SizeHint};
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use tokio::sync::mpsc;
+
+use crate::api::errors::{ApiError, Body, full_body};
+use crate::ingest::IngestContext;
+use crate::server::router::query_param;
+use crate::store::index::{StoredFile, parse_hash};
+use crate::store::io::{BlockingPool, CoreIo};
+
+/// Bytes read from disk per body frame. Large enough that a 1 GiB download is 4096 reads
+/// (syscall and io_uring overhead vanish), small enough that a thousand concurrent
+/// downloads hold at most 3 × 256 KiB each.
+pub const DOWNLOAD_CHUNK_BYTES: usize = 256 * 1024;
+
+/// Which endpoint asked: they differ only in the Content-Disposition type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileEndpoint {
+    Download,
+    Stream,
+}
+
+impl FileEndpoint {
+    fn disposition(self) -> &'static str {
+        match self {
+            FileEndpoint::Download => "attachment",
+            FileEndpoint::Stream => "inline",
+        }
+    }
+}
+
+/// Serves `GET|HEAD /files/download` and `/files/stream`.
+pub async fn serve_file(
+    ctx: &IngestContext,
+    request: &Request<Incoming>,
+    endpoint: FileEndpoint,
+) -> Result<Response<Body>, ApiError> {
+    let file = select_file(ctx, request).await?;
+    let record = &file.record;
+    let absolute = ctx.store.absolute(&record.path);
+    let opened = OpenFile::open(&ctx.io, &absolute)
+        .await
+        .map_err(|e| open_error(&e))?;
+    if opened.size_bytes != record.size {
+        return Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!(
+                "stored file changed on disk: {} bytes, the record says {}",
+                opened.size_bytes, record.size
+            ),
+        ));
+    }
+    let last_modified = last_modified_of(&record.uploaded_at, opened.modified);
+    let validators = Validators {
+        etag: format!("\"{}\"", record.hash),
+        last_modified_s: unix_seconds(last_modified),
+    };
+    let is_get = request.method() == Method::GET;
+    let selection = select(request.headers(), &validators, opened.size_bytes, is_get);
+    let mut builder = Response::builder()
+        .header(header::ETAG, &validators.etag)
+        .header(
+            header::LAST_MODIFIED,
+            httpdate::fmt_http_date(last_modified),
+        )
+        .header("X-File-Hash", &record.hash)
+        .header(header::ACCEPT_RANGES, "bytes");
+    let (start, length) = match selection {
+        Selection::NotModified => {
+            let response = builder
+                .status(StatusCode::NOT_MODIFIED)
+                .body(full_body(Bytes::new()))
+                .expect("valid headers");
+            return Ok(response);
+        }
+        Selection::Unsatisfiable => {
+            let mut response = ApiError::new(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                format!(
+                    "range not satisfiable: the file has {} bytes",
+                    opened.size_bytes
+                ),
+            )
+            .into_response();
+            let content_range = format!("bytes */{}", opened.size_bytes);
+            response.headers_mut().insert(
+                header::CONTENT_RANGE,
+                HeaderValue::from_str(&content_range).expect("digits are a valid header"),
+            );
+            return Ok(response);
+        }
+        Selection::Full => {
+            builder = builder.status(StatusCode::OK);
+            (0, opened.size_bytes)
+        }
+        Selection::Partial { start, end } => {
+            builder = builder.status(StatusCode::PARTIAL_CONTENT).header(
+                header::CONTENT_RANGE,
+                format!("bytes {start}-{end}/{}", opened.size_bytes),
+            );
+            (start, end - start + 1)
+        }
+    };
+    let fallback_name = leaf_name(&record.path);
+    builder = builder
+        .header(header::CONTENT_TYPE, content_type(&record.mime_type))
+        .header(header::CONTENT_LENGTH, length)
+        .header(
+            header::CONTENT_DISPOSITION,
+            content_disposition(endpoint.disposition(), &record.original_name, fallback_name),
+        )
+        // Uploaded bytes are untrusted: never let a browser run them as a page of ours.
+        .header("X-Content-Type-Options", "nosniff")
+        .header(
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; sandbox",
+        );
+    let body = if is_get && length > 0 {
+        FileBody::spawn(opened.reader, start, length).boxed_unsync()
+    } else {
+        full_body(Bytes::new())
+    };
+    Ok(builder.body(body).expect("valid headers"))
+}
+
+/// The stored file named by `?hash=` or `?path=` (exactly one of them).
+async fn select_file(
+    ctx: &IngestContext,
+    request: &Request<Incoming>,
+) -> Result<Arc<StoredFile>, ApiError> {
+    match (query_param(request, "hash"), query_param(request, "path")) {
+        (Some(hash), None) => lookup_hash(ctx, &hash),
+        (None, Some(path)) => {
+            let segments = check_path(&path)?;
+            walk_without_links(&ctx.io, &ctx.store.storage_dir, &segments).await?;
+            ctx.store
+                .index
+                .get_by_path(&path)
+                .ok_or_else(|| ApiError::not_found(format!("no stored file at {path}")))
+        }
+        (Some(_), Some(_)) => Err(ApiError::bad_request("give either hash or path, not both")),
+        (None, None) => Err(ApiError::bad_request(
+            "missing query parameter hash or path",
+        )),
+    }
+}
+
+/// The stored file of a hex hash; 400 when malformed, 404 when not stored.
+pub fn lookup_hash(ctx: &IngestContext, hex: &str) -> Result<Arc<StoredFile>, ApiError> {
+    let hash = parse_hash(hex).ok_or_else(|| {
+        ApiError::bad_request("invalid hash: expected 64 hexadecimal digits (BLAKE3)")
+    })?;
+    ctx.store
+        .index
+        .get(&hash)
+        .ok_or_else(|| ApiError::not_found(format!("no stored file with hash {hex}")))
+}
+
+/// Checks a `path=` value (already percent-decoded); returns its segments below
+/// `storage/`. Pure: nothing on disk is touched.
+pub fn check_path(path: &str) -> Result<Vec<&str>, ApiError> {
+    let bad = |why: &str| ApiError::bad_request(format!("invalid path {path:?}: {why}"));
+    if path.starts_with('/') {
+        return Err(bad("absolute paths are not allowed"));
+    }
+    if path.contains('\0') || path.contains('\\') {
+        return Err(bad("NUL and backslash are not allowed"));
+    }
+    let mut segments = path.split('/');
+    if segments.next() != Some("storage") {
+        return Err(bad("must start with storage/"));
+    }
+    let rest: Vec<&str> = segments.collect();
+    if rest.is_empty() {
+        return Err(bad("names no file"));
+    }
+    for segment in &rest {
+        if segment.is_empty() || *segment == "." || *segment == ".." {
+            return Err(bad("empty, '.' and '..' segments are not allowed"));
+        }
+    }
+    Ok(rest)
+}
+
+/// What an `lstat` of one path component found.
+enum Component {
+    Directory,
+    Regular,
+    Link,
+    Other,
+    Missing,
+}
+
+/// Walks `storage/<segments...>` with `lstat`: a link anywhere is 400, a missing component
+/// 404, a last component that is not a regular file 404.
+async fn walk_without_links(
+    io: &CoreIo,
+    storage_dir: &Path,
+    segments: &[&str],
+) -> Result<(), ApiError> {
+    let mut current = storage_dir.to_path_buf();
+    for (i, segment) in segments.iter().enumerate() {
+        current.push(segment);
+        let last = i + 1 == segments.len();
+        let component = lstat(io, &current)
+            .await
+            .map_err(|e| ApiError::storage("cannot inspect path", &e))?;
+        match component {
+            Component::Link => {
+                return Err(ApiError::bad_request(
+                    "invalid path: symbolic links are not followed out of the storage tree",
+                ));
+            }
+            Component::Missing => return Err(ApiError::not_found("no stored file at this path")),
+            Component::Directory if !last => {}
+            Component::Regular if last => {}
+            _ => return Err(ApiError::not_found("no stored file at this path")),
+        }
+    }
+    Ok(())
+}
+
+/// `lstat` through the core's engine: an io_uring statx, or a call on the blocking pool.
+async fn lstat(io: &CoreIo, path: &Path) -> io::Result<Component> {
+    let mode = match io {
+        CoreIo::Uring(_) => {
+            let result = tokio_uring::fs::StatxBuilder::new()
+                .pathname(path)?
+                .flags(libc::AT_SYMLINK_NOFOLLOW)
+                .mask(libc::STATX_TYPE)
+                .statx()
+                .await;
+            result.map(|stat| u32::from(stat.stx_mode) & libc::S_IFMT)
+        }
+        CoreIo::Threads(threads) => {
+            let path = path.to_path_buf();
+            threads
+                .pool
+                .run(move || {
+                    use std::os::unix::fs::MetadataExt;
+                    std::fs::symlink_metadata(path).map(|m| m.mode() & libc::S_IFMT)
+                })
+                .await
+        }
+    };
+    match mode {
+        Ok(libc::S_IFDIR) => Ok(Component::Directory),
+        Ok(libc::S_IFREG) => Ok(Component::Regular),
+        Ok(libc::S_IFLNK) => Ok(Component::Link),
+        Ok(_) => Ok(Component::Other),
+        Err(e) if is_missing(&e) => Ok(Component::Missing),
+        Err(e) => Err(e),
+    }
+}
+
+fn is_missing(error: &io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(libc::ENOENT) | Some(libc::ENOTDIR)
+    )
+}
+
+fn open_error(error: &io::Error) -> ApiError {
+    match error.raw_os_error() {
+        Some(libc::ELOOP) => ApiError::bad_request("stored path is a symbolic link; refused"),
+        _ if is_missing(error) => ApiError::not_found("stored file is missing on disk"),
+        _ => ApiError::storage("cannot open stored file", error),
+    }
+}
+
+/// An open stored file, read through the core's engine.
+enum FileReader {
+    Uring(tokio_uring::fs::File),
+    Threads {
+        file: Arc<std::fs::File>,
+        pool: BlockingPool,
+    },
+}
+
+struct OpenFile {
+    reader: FileReader,
+    size_bytes: u64,
+    modified: SystemTime,
+}
+
+impl OpenFile {
+    /// Opens read-only with `O_NOFOLLOW`; a non-regular file is refused as missing.
+    async fn open(io: &CoreIo, path: &Path) -> io::Result<OpenFile> {
+        let flags = libc::O_NOFOLLOW | libc::O_CLOEXEC;
+        let (reader, mode, size_bytes, modified) = match io {
+            CoreIo::Uring(_) => {
+                use std::os::unix::fs::OpenOptionsExt;
+                use tokio_uring::fs::OpenOptions;
+                let file = OpenOptions::new()
+                    .read(true)
+                    .custom_flags(flags)
+                    .open(path)
+                    .await?;
+                let stat = file.statx().await?;
+                let modified = UNIX_EPOCH
+                    + Duration::new(stat.stx_mtime.tv_sec.max(0) as u64, stat.stx_mtime.tv_nsec);
+                let mode = u32::from(stat.stx_mode) & libc::S_IFMT;
+                (FileReader::Uring(file), mode, stat.stx_size, modified)
+            }
+            CoreIo::Threads(threads) => {
+                let path = path.to_path_buf();
+                let (file, metadata) = threads
+                    .pool
+                    .run(move || {
+                        use std::os::unix::fs::OpenOptionsExt;
+                        let file = std::fs::OpenOptions::new()
+                            .read(true)
+                            .custom_flags(flags)
+                            .open(path)?;
+                        let metadata = file.metadata()?;
+                        Ok((file, metadata))
+                    })
+                    .await?;
+                use std::os::unix::fs::MetadataExt;
+                let modified = metadata.modified().unwrap_or(UNIX_EPOCH);
+                let reader = FileReader::Threads {
+                    file: Arc::new(file),
+                    pool: threads.pool.clone(),
+                };
+                (
+                    reader,
+                    metadata.mode() & libc::S_IFMT,
+                    metadata.len(),
+                    modified,
+                )
+            }
+        };
+        if mode != libc::S_IFREG {
+            return Err(io::Error::from_raw_os_error(libc::ENOENT));
+        }
+        Ok(OpenFile {
+            reader,
+            size_bytes,
+            modified,
+        })
+    }
+}
+
+impl FileReader {
+    /// Reads exactly `len` bytes at `offset`; fewer means the file shrank (an error).
+    async fn read_exact_at(&self, offset: u64, len: usize) -> io::Result<Bytes> {
+        let buffer = match self {
+            FileReader::Uring(file) => {
+                let (result, mut buffer) = file.read_at(Vec::with_capacity(len), offset).await;
+                result?;
+                // Short reads only happen at the end of the file or on a signal.
+                while buffer.len() < len {
+                    let want = len - buffer.len();
+                    let at = offset + buffer.len() as u64;
+                    let (result, more) = file.read_at(Vec::with_capacity(want), at).await;
+                    if result? == 0 {
+                        break;
+                    }
+                    buffer.extend_from_slice(&more);
+                }
+                buffer
+            }
+            FileReader::Threads { file, pool } => {
+                let file = file.clone();
+                pool.run(move || read_exact_blocking(&file, offset, len))
+                    .await?
+            }
+        };
+        if buffer.len() < len {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "stored file shrank while being sent",
+            ));
+        }
+        Ok(Bytes::from(buffer))
+    }
+}
+
+fn read_exact_blocking(file: &std::fs::File, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let mut buffer = vec![0u8; len];
+    let mut done = 0;
+    while done < len {
+        let n = file.read_at(&mut buffer[done..], offset + done as u64)?;
+        if n == 0 {
+            break;
+        }
+        done += n;
+    }
+    buffer.truncate(done);
+    Ok(buffer)
+}
+
+/// Sends `length` bytes of an open file from `offset` into `chunks`, one chunk at a time.
+/// A slot is reserved before each read, so at most one chunk waits in the channel while
+/// hyper writes the previous one: the read of chunk k+1 overlaps the send of chunk k, and
+/// a download never holds more than three chunks. A dropped body (client gone) ends it.
+async fn pump(
+    reader: FileReader,
+    mut offset: u64,
+    mut remaining: u64,
+    chunks: mpsc::Sender<io::Result<Bytes>>,
+) {
+    while remaining > 0 {
+        let Ok(slot) = chunks.reserve().await else {
+            return;
+        };
+        let len = remaining.min(DOWNLOAD_CHUNK_BYTES as u64) as usize;
+        let result = reader.read_exact_at(offset, len).await;
+        let failed = result.is_err();
+        slot.send(result);
+        if failed {
+            return;
+        }
+        offset += len as u64;
+        remaining -= len as u64;
+    }
+}
+
+/// A response body fed by [`pump`], which runs as a task on the serving core (the io
+/// engine's handles are !Send; the body must be Send). Its size hint is exact, so hyper
+/// frames it with Content-Length and the access log counts the bytes.
+struct FileBody {
+    chunks: mpsc::Receiver<io::Result<Bytes>>,
+    unsent_bytes: u64,
+}
+
+impl FileBody {
+    /// Starts the pump task on this core and returns the body it feeds.
+    fn spawn(reader: FileReader, offset: u64, length: u64) -> FileBody {
+        let (sender, chunks) = mpsc::channel(1);
+        tokio::task::spawn_local(pump(reader, offset, length, sender));
+        FileBody {
+            chunks,
+            unsent_bytes: length,
+        }
+    }
+}
+
+impl hyper::body::Body for FileBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<io::Result<Frame<Bytes>>>> {
+        let this = self.get_mut();
+        if this.unsent_bytes == 0 {
+            return Poll::Ready(None);
+        }
+        let received = match this.chunks.poll_recv(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(received) => received,
+        };
+        match received {
+            Some(Ok(chunk)) => {
+                this.unsent_bytes -= chunk.len() as u64;
+                Poll::Ready(Some(Ok(Frame::data(chunk))))
+            }
+            Some(Err(error)) => {
+                this.unsent_bytes = 0;
+                Poll::Ready(Some(Err(error)))
+            }
+            None => {
+                this.unsent_bytes = 0;
+                Poll::Ready(Some(Err(io::Error::other("file reader stopped"))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.unsent_bytes == 0
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.unsent_bytes)
+    }
+}
+
+/// The validators of the representation.
+pub struct Validators {
+    /// The quoted hash.
+    pub etag: String,
+    /// Last-Modified in whole seconds since the epoch (HTTP dates have no fractions).
+    pub last_modified_s: u64,
+}
+
+/// What to send, decided from the request headers.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Selection {
+    NotModified,
+    Full,
+    /// Inclusive byte positions.
+    Partial {
+        start: u64,
+        end: u64,
+    },
+    Unsatisfiable,
+}
+
+/// Applies If-None-Match / If-Modified-Since, then Range with If-Range (RFC 9110 §13.2.2).
+pub fn select(headers: &HeaderMap, validators: &Validators, size: u64, is_get: bool) -> Selection {
+    let text = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(if_none_match) = text(header::IF_NONE_MATCH) {
+        if etag_list_matches_weak(if_none_match, &validators.etag) {
+            return Selection::NotModified;
+        }
+    } else if let Some(since) = text(header::IF_MODIFIED_SINCE) {
+        let not_newer = httpdate::parse_http_date(since)
+            .is_ok_and(|since| validators.last_modified_s <= unix_seconds(since));
+        if not_newer {
+            return Selection::NotModified;
+        }
+    }
+    let Some(range) = text(header::RANGE).filter(|_| is_get) else {
+        return Selection::Full;
+    };
+    if let Some(if_range) = text(header::IF_RANGE)
+        && !if_range_matches(if_range, validators)
+    {
+        return Selection::Full;
+    }
+    match parse_range(range, size) {
+        RangeSpec::Ignored => Selection::Full,
+        RangeSpec::Unsatisfiable => Selection::Unsatisfiable,
+        RangeSpec::Bytes { start, end } => Selection::Partial { start, end },
+    }
+}
+
+fn unix_seconds(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// `If-None-Match`: `*` or a list of entity tags, compared weakly.
+fn etag_list_matches_weak(list: &str, etag: &str) -> bool {
+    list.split(',').map(str::trim).any(|candidate| {
+        candidate == "*" || candidate.strip_prefix("W/").unwrap_or(candidate) == etag
+    })
+}
+
+/// `If-Range`: an entity tag compared strongly, or exactly the Last-Modified date.
+fn if_range_matches(value: &str, validators: &Validators) -> bool {
+    let value = value.trim();
+    if value.starts_with('"') || value.starts_with("W/") {
+        return value == validators.etag;
+    }
+    httpdate::parse_http_date(value)
+        .is_ok_and(|date| unix_seconds(date) == validators.last_modified_s)
+}
+
+/// A parsed `Range` header against a representation of `size` bytes.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RangeSpec {
+    /// Not a single valid byte range: serve the whole file.
+    Ignored,
+    Unsatisfiable,
+    /// Inclusive positions, clamped to the file.
+    Bytes {
+        start: u64,
+        end: u64,
+    },
+}
+
+/// Parses a single `bytes=` range (RFC 9110 §14.1.2).
+pub fn parse_range(value: &str, size: u64) -> RangeSpec {
+    let Some((unit, spec)) = value.trim().split_once('=') else {
+        return RangeSpec::Ignored;
+    };
+    if !unit.trim().eq_ignore_ascii_case("bytes") || spec.contains(',') {
+        return RangeSpec::Ignored;
+    }
+    let Some((first, last)) = spec.trim().split_once('-') else {
+        return RangeSpec::Ignored;
+    };
+    let number = |s: &str| -> Option<u64> {
+        let s = s.trim();
+        if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        // Digits beyond u64 are still a valid position, just past any end.
+        Some(s.parse().unwrap_or(u64::MAX))
+    };
+    match (first.trim().is_empty(), number(first), number(last)) {
+        // `-n`: the last n bytes.
+        (true, _, Some(suffix)) => {
+            if suffix == 0 || size == 0 {
+                RangeSpec::Unsatisfiable
+            } else {
+                RangeSpec::Bytes {
+                    start: size - suffix.min(size),
+                    end: size - 1,
+                }
+            }
+        }
+        // `a-`: from a to the end.
+        (false, Some(start), None) if last.trim().is_empty() => {
+            if start >= size {
+                RangeSpec::Unsatisfiable
+            } else {
+                RangeSpec::Bytes {
+                    start,
+                    end: size - 1,
+                }
+            }
+        }
+        // `a-b`.
+        (false, Some(start), Some(end)) if start <= end => {
+            if start >= size {
+                RangeSpec::Unsatisfiable
+            } else {
+                RangeSpec::Bytes {
+                    start,
+                    end: end.min(size - 1),
+                }
+            }
+        }
+        _ => RangeSpec::Ignored,
+    }
+}
+
+/// Last-Modified: the upload time of the record, else the file's mtime.
+fn last_modified_of(uploaded_at: &str, mtime: SystemTime) -> SystemTime {
+    humantime::parse_rfc3339_weak(uploaded_at).unwrap_or(mtime)
+}
+
+/// The record's MIME type when it is a clean header value, else octet-stream.
+fn content_type(mime_type: &str) -> HeaderValue {
+    let clean =
+        !mime_type.is_empty() && mime_type.bytes().all(|b| b.is_ascii_graphic() || b == b' ');
+    match HeaderValue::from_str(mime_type) {
+        Ok(value) if clean => value,
+        _ => HeaderValue::from_static("application/octet-stream"),
+    }
+}
+
+/// The leaf of a record path: the name the file has on disk.
+fn leaf_name(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
+/// RFC 5987 `attr-char`: what may stay unescaped in `filename*`.
+const ATTR_CHAR_ESCAPES: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'!')
+    .remove(b'#')
+    .remove(b'$')
+    .remove(b'&')
+    .remove(b'+')
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'^')
+    .remove(b'_')
+    .remove(b'`')
+    .remove(b'|')
+    .remove(b'~');
+
+/// `attachment; filename="..."` with quotes and backslashes escaped and anything outside
+/// printable ASCII replaced by `_`; when that lost something, also the exact name as
+/// `filename*=UTF-8''...` (RFC 6266 §4.3, RFC 5987). An empty name uses `fallback`.
+pub fn content_disposition(kind: &str, name: &str, fallback: &str) -> HeaderValue {
+    let name = if name.is_empty() { fallback } else { name };
+    let mut ascii = String::with_capacity(name.len() + 2);
+    let mut lossy = false;
+    for c in name.chars() {
+        match c {
+            '"' | '\\' => {
+                ascii.push('\\');
+                ascii.push(c);
+            }
+            ' '..='~' => ascii.push(c),
+            _ => {
+                ascii.push('_');
+                lossy = true;
+            }
+        }
+    }
+    let mut value = format!("{kind}; filename=\"{ascii}\"");
+    if lossy {
+        value.push_str("; filename*=UTF-8''");
+        value.extend(utf8_percent_encode(name, ATTR_CHAR_ESCAPES));
+    }
+    HeaderValue::from_str(&value).unwrap_or_else(|_| HeaderValue::from_static("attachment"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every form of a single range, clamped or refused per RFC 9110 §14.1.2.
+    #[test]
+    fn range_forms() {
+        use RangeSpec::*;
+        assert_eq!(parse_range("bytes=0-0", 10), Bytes { start: 0, end: 0 });
+        assert_eq!(parse_range("bytes=9-9", 10), Bytes { start: 9, end: 9 });
+        assert_eq!(parse_range("bytes=2-100", 10), Bytes { start: 2, end: 9 });
+        assert_eq!(parse_range("bytes=4-", 10), Bytes { start: 4, end: 9 });
+        assert_eq!(parse_range("bytes=-3", 10), Bytes { start: 7, end: 9 });
+        assert_eq!(parse_range("bytes=-30", 10), Bytes { start: 0, end: 9 });
+        assert_eq!(parse_range("bytes=10-", 10), Unsatisfiable);
+        assert_eq!(parse_range("bytes=10-20", 10), Unsatisfiable);
+        assert_eq!(parse_range("bytes=-0", 10), Unsatisfiable);
+        assert_eq!(parse_range("bytes=0-", 0), Unsatisfiable);
+        assert_eq!(parse_range("bytes=-5", 0), Unsatisfiable);
+        assert_eq!(
+            parse_range("bytes=99999999999999999999999-", 10),
+            Unsatisfiable
+        );
+        assert_eq!(parse_range("bytes=5-3", 10), Ignored);
+        assert_eq!(parse_range("bytes=0-1,3-4", 10), Ignored);
+        assert_eq!(parse_range("items=0-1", 10), Ignored);
+        assert_eq!(parse_range("bytes=a-b", 10), Ignored);
+        assert_eq!(parse_range("bytes=-", 10), Ignored);
+        assert_eq!(parse_range("bytes 0-1", 10), Ignored);
+    }
+
+    /// Syntax checks of `path=` reject traversal before anything touches the disk.
+    #[test]
+    fn path_checks() {
+        assert!(check_path("storage/images/png/abc_x.png").is_ok());
+        for bad in [
+            "/etc/passwd",
+            "storage/../metadata/journal.ndjson",
+            "storage/./x",
+            "storage//x",
+            "storage/x/",
+            "metadata/journal.ndjson",
+            "storage",
+            "storage/",
+            "storagex/y",
+            "storage/a\0b",
+        ] {
+            assert!(check_path(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    /// Names are quoted safely, and non-ASCII names also travel RFC 5987-encoded.
+    #[test]
+    fn disposition_quoting() {
+        let v = |name: &str| {
+            content_disposition("attachment", name, "f.bin")
+                .to_str()
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(v("a.jpg"), "attachment; filename=\"a.jpg\"");
+        assert_eq!(v("a\"b\\c.jpg"), "attachment; filename=\"a\\\"b\\\\c.jpg\"");
+        assert_eq!(
+            v("été.png"),
+            "attachment; filename=\"_t_.png\"; filename*=UTF-8''%C3%A9t%C3%A9.png"
+        );
+        assert_eq!(
+            v("a\r\nb"),
+            "attachment; filename=\"a__b\"; filename*=UTF-8''a%0D%0Ab"
+        );
+        assert_eq!(v(""), "attachment; filename=\"f.bin\"");
+    }
+
+    /// 304 wins over ranges; If-Range with another tag sends the whole file.
+    #[test]
+    fn preconditions() {
+        let validators = Validators {
+            etag: "\"abc\"".into(),
+            last_modified_s: 1_000_000,
+        };
+        let headers = |pairs: &[(&'static str, &str)]| {
+            let mut map = HeaderMap::new();
+            for (k, v) in pairs {
+                map.insert(*k, HeaderValue::from_str(v).unwrap());
+            }
+            map
+        };
+        let date = |s: u64| httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(s));
+        let s = |h: &HeaderMap| select(h, &validators, 10, true);
+        assert_eq!(
+            s(&headers(&[("if-none-match", "\"abc\"")])),
+            Selection::NotModified
+        );
+        assert_eq!(
+            s(&headers(&[("if-none-match", "W/\"abc\"")])),
+            Selection::NotModified
+        );
+        assert_eq!(
+            s(&headers(&[("if-none-match", "\"x\", *")])),
+            Selection::NotModified
+        );
+        assert_eq!(s(&headers(&[("if-none-match", "\"x\"")])), Selection::Full);
+        let later = date(1_000_001);
+        assert_eq!(
+            s(&headers(&[("if-modified-since", &later)])),
+            Selection::NotModified
+        );
+        let earlier = date(999_999);
+        assert_eq!(
+            s(&headers(&[("if-modified-since", &earlier)])),
+            Selection::Full
+        );
+        // If-None-Match present: If-Modified-Since is not looked at.
+        let both = headers(&[("if-none-match", "\"x\""), ("if-modified-since", &later)]);
+        assert_eq!(s(&both), Selection::Full);
+        let ranged =
+            |if_range: &str| s(&headers(&[("range", "bytes=0-1"), ("if-range", if_range)]));
+        assert_eq!(ranged("\"abc\""), Selection::Partial { start: 0, end: 1 });
+        assert_eq!(ranged("W/\"abc\""), Selection::Full);
+        assert_eq!(
+            ranged(&date(1_000_000)),
+            Selection::Partial { start: 0, end: 1 }
+        );
+        assert_eq!(ranged(&date(999_999)), Selection::Full);
+        let head = select(&headers(&[("range", "bytes=0-1")]), &validators, 10, false);
+        assert_eq!(head, Selection::Full);
+    }
+}

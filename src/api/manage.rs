@@ -1,0 +1,378 @@
+//! Managing stored files: metadata, delete, list, search and statistics.
+//!
+//! Every answer comes from the in-memory index (no directory walk on a request): metadata
+//! is a hash lookup, listings and searches read the index's newest-first view, statistics
+//! read the per-media-type totals and the counters since start-up.
+//!
+//! Delete protocol (`DELETE /files/{hash}`), run as its own task so that a client that
+//! disconnects cannot stop it half way:
+//! 1. the hash turns from stored into a pending claim: it leaves listings and lookups, and
+//!    an upload of the same content waits instead of landing on the path being removed;
+//! 2. a `Delete` record is appended to the journal and made durable per the durability
+//!    mode (a failure puts the file back and answers 5xx);
+//! 3. the file is unlinked (a crash before this leaves an orphan file, never an index entry
+//!    without a file);
+//! 4. the claim is dropped, waking waiting uploads.
+//!
+//! Directories are never removed: the ingest path remembers the directories it created.
+
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use serde_json::{Value, json};
+
+use crate::api::errors::{ApiError, Body, json_response};
+use crate::api::files::{check_path, lookup_hash};
+use crate::ingest::IngestContext;
+use crate::server::router::query_param;
+use crate::store::Store;
+use crate::store::index::{StoredFile, parse_hash};
+use crate::store::journal::{JournalEntry, encode_line};
+
+/// Files per listing page when `limit` is not given.
+pub const LIST_LIMIT_DEFAULT: usize = 50;
+/// Most files per listing page or search answer: bounds the size of one response.
+pub const LIST_LIMIT_MAX: usize = 1000;
+
+/// `GET /files/metadata?hash=` (or `?path=`): the stored record.
+pub fn metadata(
+    ctx: &IngestContext,
+    request: &Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let file = match (query_param(request, "hash"), query_param(request, "path")) {
+        (Some(hash), None) => lookup_hash(ctx, &hash)?,
+        (None, Some(path)) => {
+            check_path(&path)?;
+            ctx.store
+                .index
+                .get_by_path(&path)
+                .ok_or_else(|| ApiError::not_found(format!("no stored file at {path}")))?
+        }
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request("give either hash or path, not both"));
+        }
+        (None, None) => return Err(ApiError::bad_request("missing query parameter hash")),
+    };
+    Ok(json_response(StatusCode::OK, &record_json(&file)))
+}
+
+fn record_json(file: &StoredFile) -> Value {
+    serde_json::to_value(&file.record).expect("records serialize")
+}
+
+/// `DELETE /files/{hash}`.
+pub async fn delete(ctx: Rc<IngestContext>, hex: &str) -> Result<Response<Body>, ApiError> {
+    let hash = parse_hash(hex).ok_or_else(|| {
+        ApiError::bad_request("invalid hash: expected 64 hexadecimal digits (BLAKE3)")
+    })?;
+    let file = ctx
+        .store
+        .index
+        .begin_delete(&hash)
+        .ok_or_else(|| ApiError::not_found(format!("no stored file with hash {hex}")))?;
+    let task = tokio::task::spawn_local(async move { delete_claimed(&ctx, hash, file).await });
+    let value = task.await.map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("delete failed: {e}"),
+        )
+    })??;
+    Ok(json_response(StatusCode::OK, &value))
+}
+
+/// Steps 2–4 of the delete protocol for a hash already claimed by `begin_delete`.
+async fn delete_claimed(
+    ctx: &IngestContext,
+    hash: [u8; 32],
+    file: Arc<StoredFile>,
+) -> Result<Value, ApiError> {
+    let record = &file.record;
+    let entry = JournalEntry::Delete {
+        hash: record.hash.clone(),
+        path: record.path.clone(),
+        deleted_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+    };
+    let mut line = Vec::with_capacity(256);
+    encode_line(&entry, &mut line);
+    if let Err(e) = ctx.store.journal.append(&line) {
+        ctx.store.index.cancel_delete(&hash, file.clone());
+        return Err(ApiError::storage("cannot append to the journal", &e));
+    }
+    ctx.store.make_durable().await;
+    let removed = ctx.io.remove_file(&ctx.store.absolute(&record.path)).await;
+    ctx.store.index.abandon(&hash);
+    match removed {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(ApiError::storage(
+                "deleted from the index and the journal, but removing the file failed",
+                &e,
+            ));
+        }
+    }
+    Ok(json!({"deleted": record.hash, "path": record.path}))
+}
+
+/// A positive integer query parameter; absent → `default`, 0 or garbage → 400.
+fn positive_param(
+    request: &Request<Incoming>,
+    name: &str,
+    default: usize,
+) -> Result<usize, ApiError> {
+    let Some(value) = query_param(request, name) else {
+        return Ok(default);
+    };
+    let digits = !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit());
+    let parsed = if digits {
+        // Digits beyond usize still mean "a very large number".
+        Some(value.parse::<usize>().unwrap_or(usize::MAX))
+    } else {
+        None
+    };
+    match parsed {
+        Some(n) if n > 0 => Ok(n),
+        _ => Err(ApiError::bad_request(format!(
+            "invalid {name} {value:?}: expected a positive integer"
+        ))),
+    }
+}
+
+/// A filter value; empty counts as absent.
+fn filter_param(request: &Request<Incoming>, name: &str) -> Option<String> {
+    query_param(request, name).filter(|v| !v.is_empty())
+}
+
+/// Whether `category` is `prefix` or lies below it (`images/jpg` matches
+/// `images/jpg/vacation`, not `images/jpgx`).
+pub fn category_matches(category: &str, prefix: &str) -> bool {
+    category
+        .strip_prefix(prefix)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+/// `GET /files?media_type=&category=&page=&limit=`: newest first, one page.
+pub fn list(store: &Store, request: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let page = positive_param(request, "page", 1)?;
+    let limit = positive_param(request, "limit", LIST_LIMIT_DEFAULT)?.min(LIST_LIMIT_MAX);
+    let media_type = filter_param(request, "media_type");
+    let category =
+        filter_param(request, "category").map(|c| c.trim_matches('/').to_ascii_lowercase());
+    let offset = (page - 1).saturating_mul(limit);
+    let result = if media_type.is_none() && category.is_none() {
+        store.index.page_all_newest_first(offset, limit)
+    } else {
+        let keep = |file: &StoredFile| {
+            media_type
+                .as_deref()
+                .is_none_or(|m| file.record.media_type == m)
+                && category
+                    .as_deref()
+                    .is_none_or(|c| category_matches(&file.record.category, c))
+        };
+        store.index.page_newest_first(keep, offset, limit)
+    };
+    let files: Vec<Value> = result.files.iter().map(|f| record_json(f)).collect();
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"files": files, "page": page, "limit": limit, "total": result.total}),
+    ))
+}
+
+/// The filters of a search, parsed.
+struct SearchFilter {
+    name: Option<String>,
+    ext: Option<String>,
+    media_type: Option<String>,
+    from: Option<SystemTime>,
+    to: Option<SystemTime>,
+}
+
+impl SearchFilter {
+    fn parse(request: &Request<Incoming>) -> Result<SearchFilter, ApiError> {
+        let time = |name: &str, end_of_day: bool| -> Result<Option<SystemTime>, ApiError> {
+            let Some(value) = filter_param(request, name) else {
+                return Ok(None);
+            };
+            parse_time(&value, end_of_day).map(Some).ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "invalid {name} {value:?}: expected RFC 3339 or YYYY-MM-DD"
+                ))
+            })
+        };
+        Ok(SearchFilter {
+            name: filter_param(request, "name").map(|n| n.to_lowercase()),
+            ext: filter_param(request, "ext")
+                .map(|e| e.trim_start_matches('.').to_ascii_lowercase())
+                .filter(|e| !e.is_empty()),
+            media_type: filter_param(request, "media_type"),
+            from: time("from", false)?,
+            to: time("to", true)?,
+        })
+    }
+
+    fn matches(&self, file: &StoredFile) -> bool {
+        let record = &file.record;
+        if self
+            .media_type
+            .as_deref()
+            .is_some_and(|m| record.media_type != m)
+        {
+            return false;
+        }
+        if let Some(ext) = &self.ext {
+            let stored_ext = record.path.rsplit_once('.').map_or("", |(_, e)| e);
+            if !stored_ext.eq_ignore_ascii_case(ext) {
+                return false;
+            }
+        }
+        if let Some(name) = &self.name
+            && !record.original_name.to_lowercase().contains(name.as_str())
+        {
+            return false;
+        }
+        if self.from.is_some() || self.to.is_some() {
+            let Ok(uploaded) = humantime::parse_rfc3339_weak(&record.uploaded_at) else {
+                return false;
+            };
+            if self.from.is_some_and(|from| uploaded < from)
+                || self.to.is_some_and(|to| uploaded > to)
+            {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// RFC 3339 (`Z` or a numeric offset, fractions allowed) or `YYYY-MM-DD`; a bare date as
+/// the end of a range means the end of that day (inclusive).
+pub fn parse_time(value: &str, end_of_day: bool) -> Option<SystemTime> {
+    let value = value.trim();
+    if value.len() == 10 {
+        let start = humantime::parse_rfc3339(&format!("{value}T00:00:00Z")).ok()?;
+        return Some(if end_of_day {
+            start + Duration::from_secs(86_400) - Duration::from_nanos(1)
+        } else {
+            start
+        });
+    }
+    if value.len() < 20 || !matches!(value.as_bytes()[10], b'T' | b't') {
+        return None;
+    }
+    let upper = value.to_ascii_uppercase();
+    if let Some(utc) = upper.strip_suffix('Z') {
+        return humantime::parse_rfc3339(&format!("{utc}Z")).ok();
+    }
+    // A numeric offset `+HH:MM` / `-HH:MM`: parse the local time as UTC, then shift.
+    let (local, offset) = upper.split_at(upper.len().checked_sub(6)?);
+    let sign = match offset.as_bytes()[0] {
+        b'+' => 1i64,
+        b'-' => -1i64,
+        _ => return None,
+    };
+    let digits = offset[1..].split_once(':')?;
+    let hours: u64 = digits.0.parse().ok().filter(|h| *h < 24)?;
+    let minutes: u64 = digits.1.parse().ok().filter(|m| *m < 60)?;
+    if digits.0.len() != 2 || digits.1.len() != 2 {
+        return None;
+    }
+    let local = humantime::parse_rfc3339(&format!("{local}Z")).ok()?;
+    let shift = Duration::from_secs(hours * 3600 + minutes * 60);
+    if sign > 0 {
+        local.checked_sub(shift)
+    } else {
+        local.checked_add(shift)
+    }
+}
+
+/// `GET /files/search?name=&ext=&media_type=&from=&to=`: newest first, at most
+/// [`LIST_LIMIT_MAX`] files (or `limit`), and the total number of matches.
+pub fn search(store: &Store, request: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let filter = SearchFilter::parse(request)?;
+    let limit = positive_param(request, "limit", LIST_LIMIT_MAX)?.min(LIST_LIMIT_MAX);
+    let result = store
+        .index
+        .page_newest_first(|file| filter.matches(file), 0, limit);
+    let files: Vec<Value> = result.files.iter().map(|f| record_json(f)).collect();
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"files": files, "total": result.total}),
+    ))
+}
+
+/// `GET /statistics`: what is stored now, and duplicates since start-up.
+pub fn statistics(store: &Store) -> Response<Body> {
+    let totals = store.index.totals();
+    let files: u64 = totals.iter().map(|(_, t)| t.files).sum();
+    let bytes: u64 = totals.iter().map(|(_, t)| t.bytes).sum();
+    let by_media_type: serde_json::Map<String, Value> = totals
+        .into_iter()
+        .map(|(media_type, t)| (media_type, json!({"files": t.files, "bytes": t.bytes})))
+        .collect();
+    let counters = &store.counters;
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "files": files,
+            "bytes": bytes,
+            "duplicates": load(&counters.duplicates_total),
+            "bytes_deduplicated": load(&counters.bytes_deduplicated_total),
+            "by_media_type": by_media_type,
+        }),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A category filter matches itself and what lies below it at a `/` boundary only.
+    #[test]
+    fn category_prefix_at_boundary() {
+        assert!(category_matches("images/jpg/vacation", "images/jpg"));
+        assert!(category_matches("images/jpg", "images/jpg"));
+        assert!(category_matches("images/jpg", "images"));
+        assert!(!category_matches("images/jpgx", "images/jpg"));
+        assert!(!category_matches("images", "images/jpg"));
+    }
+
+    /// Dates, UTC timestamps and offsets parse; a bare `to` date covers the whole day.
+    #[test]
+    fn time_forms() {
+        let t = |s: &str| humantime::parse_rfc3339(s).unwrap();
+        assert_eq!(
+            parse_time("2026-01-15", false),
+            Some(t("2026-01-15T00:00:00Z"))
+        );
+        assert_eq!(
+            parse_time("2026-01-15", true),
+            Some(t("2026-01-16T00:00:00Z") - Duration::from_nanos(1))
+        );
+        assert_eq!(
+            parse_time("2026-01-15T10:30:00Z", false),
+            Some(t("2026-01-15T10:30:00Z"))
+        );
+        assert_eq!(
+            parse_time("2026-01-15T12:30:00+02:00", false),
+            Some(t("2026-01-15T10:30:00Z"))
+        );
+        assert_eq!(
+            parse_time("2026-01-15T08:30:00.5-02:00", false),
+            Some(t("2026-01-15T10:30:00.5Z"))
+        );
+        for bad in [
+            "yesterday",
+            "2026-13-01",
+            "2026-01-15T10:30:00",
+            "2026-1-5",
+            "",
+        ] {
+            assert_eq!(parse_time(bad, false), None, "{bad:?}");
+        }
+    }
+}
