@@ -86,7 +86,8 @@ pub fn decode_line(line: &[u8]) -> Option<JournalEntry> {
 /// What replay found.
 #[derive(Debug, Default)]
 pub struct Replay {
-    pub entries: Vec<JournalEntry>,
+    /// Valid records applied.
+    pub records: usize,
     /// Bytes cut from a torn tail (0 when the journal was clean).
     pub torn_tail_bytes: u64,
 }
@@ -114,41 +115,133 @@ impl std::fmt::Display for ReplayError {
     }
 }
 
-/// Parses a whole journal. Torn tail → reported in `torn_tail_bytes`; corruption → error.
-pub fn parse(data: &[u8]) -> Result<(Replay, u64), ReplayError> {
-    let mut replay = Replay::default();
-    let mut offset = 0usize;
-    let mut first_bad: Option<(usize, usize)> = None; // (line number, offset)
-    let mut line_number = 0usize;
-    while offset < data.len() {
-        line_number += 1;
-        let end = data[offset..]
+/// Bytes read per step of the replay; bounds its memory whatever the journal size.
+const REPLAY_BLOCK_BYTES: usize = 8 * 1024 * 1024;
+
+/// Streaming replay state: where the first bad line was, how far we are.
+struct ReplayCursor {
+    line_number: usize,
+    offset: u64,
+    first_bad: Option<(usize, u64)>,
+    records: usize,
+}
+
+impl ReplayCursor {
+    /// Applies the decoded lines of one block, in order.
+    fn apply_block(
+        &mut self,
+        lines: Vec<(usize, Option<JournalEntry>)>,
+        apply: &mut impl FnMut(JournalEntry),
+    ) -> Result<(), ReplayError> {
+        for (len, entry) in lines {
+            self.line_number += 1;
+            match (entry, self.first_bad) {
+                (Some(_), Some((line_number, offset))) => {
+                    return Err(ReplayError::Corrupt {
+                        line_number,
+                        offset,
+                    });
+                }
+                (Some(entry), None) => {
+                    apply(entry);
+                    self.records += 1;
+                }
+                (None, None) => self.first_bad = Some((self.line_number, self.offset)),
+                (None, Some(_)) => {}
+            }
+            self.offset += len as u64;
+        }
+        Ok(())
+    }
+}
+
+/// Decodes complete lines (each ending in `\n`), on two threads for large blocks.
+fn decode_block(block: &[u8]) -> Vec<(usize, Option<JournalEntry>)> {
+    fn decode_lines(bytes: &[u8]) -> Vec<(usize, Option<JournalEntry>)> {
+        bytes
+            .split_inclusive(|&b| b == b'\n')
+            .map(|line| (line.len(), decode_line(&line[..line.len() - 1])))
+            .collect()
+    }
+    if block.len() < 64 * 1024 {
+        return decode_lines(block);
+    }
+    let middle = block.len() / 2;
+    let split = middle
+        + block[middle..]
             .iter()
             .position(|&b| b == b'\n')
-            .map(|p| offset + p);
-        let line = &data[offset..end.unwrap_or(data.len())];
-        let next = end.map(|e| e + 1).unwrap_or(data.len());
-        let entry = if end.is_some() {
-            decode_line(line)
-        } else {
-            None
+            .unwrap_or(0)
+        + 1;
+    let (first, second) = block.split_at(split.min(block.len()));
+    std::thread::scope(|scope| {
+        let other = scope.spawn(|| decode_lines(second));
+        let mut lines = decode_lines(first);
+        lines.extend(other.join().expect("journal decoding does not panic"));
+        lines
+    })
+}
+
+/// Replays a journal from `reader`, calling `apply` for each valid record in order.
+/// Returns what it found and the length of the valid prefix (where a torn tail starts).
+pub fn replay(
+    reader: &mut impl Read,
+    mut apply: impl FnMut(JournalEntry),
+) -> Result<(Replay, u64), ReplayError> {
+    let mut cursor = ReplayCursor {
+        line_number: 0,
+        offset: 0,
+        first_bad: None,
+        records: 0,
+    };
+    let mut block: Vec<u8> = Vec::with_capacity(REPLAY_BLOCK_BYTES + 4096);
+    let mut eof = false;
+    while !eof {
+        let start = block.len();
+        block.resize(start + REPLAY_BLOCK_BYTES, 0);
+        let n = read_full(reader, &mut block[start..]).map_err(ReplayError::Io)?;
+        block.truncate(start + n);
+        eof = n == 0;
+        let complete = match block.iter().rposition(|&b| b == b'\n') {
+            Some(last) => last + 1,
+            None if eof => 0,
+            None => continue, // a line longer than a block: read on
         };
-        match (entry, first_bad) {
-            (Some(_), Some((bad_line, bad_offset))) => {
-                return Err(ReplayError::Corrupt {
-                    line_number: bad_line,
-                    offset: bad_offset as u64,
-                });
-            }
-            (Some(entry), None) => replay.entries.push(entry),
-            (None, None) => first_bad = Some((line_number, offset)),
-            (None, Some(_)) => {}
-        }
-        offset = next;
+        let lines = decode_block(&block[..complete]);
+        cursor.apply_block(lines, &mut apply)?;
+        block.drain(..complete);
     }
-    let valid_len = first_bad.map(|(_, o)| o).unwrap_or(data.len());
-    replay.torn_tail_bytes = (data.len() - valid_len) as u64;
-    Ok((replay, valid_len as u64))
+    // What is left has no newline: a torn last line (or nothing).
+    if !block.is_empty() && cursor.first_bad.is_none() {
+        cursor.first_bad = Some((cursor.line_number + 1, cursor.offset));
+    }
+    let total = cursor.offset + block.len() as u64;
+    let valid_len = cursor.first_bad.map(|(_, o)| o).unwrap_or(total);
+    let replay = Replay {
+        records: cursor.records,
+        torn_tail_bytes: total - valid_len,
+    };
+    Ok((replay, valid_len))
+}
+
+fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match reader.read(&mut buf[done..]) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
+
+/// Parses a whole in-memory journal (tests and tools).
+pub fn parse(data: &[u8]) -> Result<(Vec<JournalEntry>, Replay, u64), ReplayError> {
+    let mut entries = Vec::new();
+    let (replay, valid_len) = replay(&mut &data[..], |e| entries.push(e))?;
+    Ok((entries, replay, valid_len))
 }
 
 /// The open journal, appended to by every core.
@@ -158,17 +251,18 @@ pub struct Journal {
 }
 
 impl Journal {
-    /// Opens (creating) the journal, replays it and truncates a torn tail.
-    pub fn open(path: &Path) -> Result<(Journal, Replay), ReplayError> {
-        let mut file = OpenOptions::new()
+    /// Opens (creating) the journal, replays it through `apply` and truncates a torn tail.
+    pub fn open(
+        path: &Path,
+        apply: impl FnMut(JournalEntry),
+    ) -> Result<(Journal, Replay), ReplayError> {
+        let file = OpenOptions::new()
             .read(true)
             .append(true)
             .create(true)
             .open(path)
             .map_err(ReplayError::Io)?;
-        let mut data = Vec::new();
-        file.read_to_end(&mut data).map_err(ReplayError::Io)?;
-        let (replay, valid_len) = parse(&data)?;
+        let (replay, valid_len) = replay(&mut std::io::BufReader::new(&file), apply)?;
         if replay.torn_tail_bytes > 0 {
             file.set_len(valid_len).map_err(ReplayError::Io)?;
             file.sync_all().map_err(ReplayError::Io)?;
@@ -256,8 +350,9 @@ mod tests {
         encode_line(&JournalEntry::Put(record(2)), &mut data);
         let good_len = data.len();
         data.extend_from_slice(b"{\"op\":\"put\",\"pa");
-        let (replay, valid) = parse(&data).unwrap();
-        assert_eq!(replay.entries.len(), 2);
+        let (entries, replay, valid) = parse(&data).unwrap();
+        assert_eq!(entries.len(), 2);
+        assert_eq!(replay.records, 2);
         assert_eq!(valid as usize, good_len);
         assert_eq!(replay.torn_tail_bytes as usize, data.len() - good_len);
 

@@ -84,18 +84,11 @@ impl Store {
         let lock = lock_data_dir(data_dir)?;
         let tmp_files_removed = empty_dir(&tmp_dir)
             .map_err(|e| OpenError(format!("cannot empty {}: {e}", tmp_dir.display())))?;
-        let (journal, replay) =
-            Journal::open(&metadata_dir.join("journal.ndjson")).map_err(|e| {
-                OpenError(format!(
-                    "{}: {e}",
-                    metadata_dir.join("journal.ndjson").display()
-                ))
-            })?;
         let index = Index::new();
-        let records_replayed = replay.entries.len();
-        for entry in replay.entries {
-            apply(&index, entry);
-        }
+        let journal_path = metadata_dir.join("journal.ndjson");
+        let (journal, replay) = Journal::open(&journal_path, |entry| apply(&index, entry))
+            .map_err(|e| OpenError(format!("{}: {e}", journal_path.display())))?;
+        let records_replayed = replay.records;
         let group_commit = GroupCommit::start(data_dir)
             .map_err(|e| OpenError(format!("cannot start the sync thread: {e}")))?;
         let store = Store {
