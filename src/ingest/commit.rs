@@ -192,7 +192,7 @@ async fn commit_now(
 }
 
 /// Renames beyond this many run one after another (bounds ops in flight per request).
-const PLACE_CONCURRENCY_MAX: usize = 64;
+const PLACE_CONCURRENCY_MAX: usize = 16;
 
 /// Renames the first copy of each new hash into place and removes every other tmp file.
 async fn place_files(
