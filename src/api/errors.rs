@@ -9,7 +9,8 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, combinators::UnsyncBoxBody};
 use hyper::{Response, StatusCode, header};
 
-/// The response body type of every handler (!Send: bodies may stream from io_uring).
+/// The response body type of every handler: boxed, `Send` but not `Sync` (streams from
+/// io_uring files are fed through a channel by a task on the serving core).
 pub type Body = UnsyncBoxBody<Bytes, io::Error>;
 
 /// Seconds a client should wait after a 503.

@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use hyper::body::{Body as _, Incoming};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode, header};
 use percent_encoding::percent_decode_str;
 use serde_json::json;
@@ -32,18 +33,76 @@ pub async fn serve(
         Ok(response) => response,
         Err(error) => error.into_response(),
     };
-    let status = response.status().as_u16();
-    let bytes = response.body().size_hint().exact().unwrap_or(0);
-    let elapsed = started.elapsed();
-    shared.http_metrics.observe(status, elapsed.as_secs_f64());
-    shared.access_log.record(
-        method.as_str(),
-        &path,
-        status,
-        bytes,
-        elapsed.as_secs_f64() * 1e3,
-    );
-    response
+    // Logged when hyper drops the body: after the last byte is sent or the client left,
+    // so a long download logs its real duration and the bytes actually sent.
+    let record = RequestRecord {
+        shared,
+        method,
+        path,
+        status: response.status().as_u16(),
+        started,
+        bytes_sent: 0,
+    };
+    response.map(|inner| LoggedBody { inner, record }.boxed_unsync())
+}
+
+/// One request's access-log line and metrics, written on drop.
+struct RequestRecord {
+    shared: Arc<Shared>,
+    method: Method,
+    path: String,
+    status: u16,
+    started: Instant,
+    bytes_sent: u64,
+}
+
+impl Drop for RequestRecord {
+    fn drop(&mut self) {
+        let elapsed = self.started.elapsed();
+        self.shared
+            .http_metrics
+            .observe(self.status, elapsed.as_secs_f64());
+        self.shared.access_log.record(
+            self.method.as_str(),
+            &self.path,
+            self.status,
+            self.bytes_sent,
+            elapsed.as_secs_f64() * 1e3,
+        );
+    }
+}
+
+/// A response body that counts the bytes it yields for the access log.
+struct LoggedBody {
+    inner: Body,
+    record: RequestRecord,
+}
+
+impl hyper::body::Body for LoggedBody {
+    type Data = bytes::Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.get_mut();
+        let polled = std::pin::Pin::new(&mut this.inner).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            this.record.bytes_sent += data.len() as u64;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 fn authorized(shared: &Shared, request: &Request<Incoming>) -> bool {
@@ -54,7 +113,10 @@ fn authorized(shared: &Shared, request: &Request<Incoming>) -> bool {
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|v| v.split_once(' '))
+        // RFC 9110 §11.1: the scheme name is case-insensitive.
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
         .unwrap_or("");
     constant_time_eq(presented.as_bytes(), token.as_bytes())
 }
