@@ -76,7 +76,7 @@ pub async fn serve_file(
     endpoint: FileEndpoint,
 ) -> Result<Response<Body>, ApiError> {
     let file = select_file(ctx, request).await?;
-    let record = &file.record;
+    let record = file.record();
     let absolute = ctx.store.absolute(&record.path);
     let opened = OpenFile::open(&ctx.io, &absolute)
         .await

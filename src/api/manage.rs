@@ -60,7 +60,7 @@ pub fn metadata(
 }
 
 fn record_json(file: &StoredFile) -> Value {
-    serde_json::to_value(&file.record).expect("records serialize")
+    serde_json::to_value(file.record()).expect("records serialize")
 }
 
 /// `DELETE /files/{hash}`.
@@ -89,7 +89,7 @@ async fn delete_claimed(
     hash: [u8; 32],
     file: Arc<StoredFile>,
 ) -> Result<Value, ApiError> {
-    let record = &file.record;
+    let record = file.record();
     let entry = JournalEntry::Delete {
         hash: record.hash.clone(),
         path: record.path.clone(),
@@ -166,12 +166,10 @@ pub fn list(store: &Store, request: &Request<Incoming>) -> Result<Response<Body>
         store.index.page_all_newest_first(offset, limit)
     } else {
         let keep = |file: &StoredFile| {
-            media_type
-                .as_deref()
-                .is_none_or(|m| file.record.media_type == m)
+            media_type.as_deref().is_none_or(|m| file.media_type() == m)
                 && category
                     .as_deref()
-                    .is_none_or(|c| category_matches(&file.record.category, c))
+                    .is_none_or(|c| category_matches(file.category(), c))
         };
         store.index.page_newest_first(keep, offset, limit)
     };
@@ -215,29 +213,25 @@ impl SearchFilter {
     }
 
     fn matches(&self, file: &StoredFile) -> bool {
-        let record = &file.record;
         if self
             .media_type
             .as_deref()
-            .is_some_and(|m| record.media_type != m)
+            .is_some_and(|m| file.media_type() != m)
         {
             return false;
         }
-        if let Some(ext) = &self.ext {
-            let stored_ext = record.path.rsplit_once('.').map_or("", |(_, e)| e);
-            if !stored_ext.eq_ignore_ascii_case(ext) {
-                return false;
-            }
+        if let Some(ext) = &self.ext
+            && !file.ext().eq_ignore_ascii_case(ext)
+        {
+            return false;
         }
         if let Some(name) = &self.name
-            && !record.original_name.to_lowercase().contains(name.as_str())
+            && !file.original_name().to_lowercase().contains(name.as_str())
         {
             return false;
         }
         if self.from.is_some() || self.to.is_some() {
-            let Ok(uploaded) = humantime::parse_rfc3339_weak(&record.uploaded_at) else {
-                return false;
-            };
+            let uploaded = file.uploaded_at_time();
             if self.from.is_some_and(|from| uploaded < from)
                 || self.to.is_some_and(|to| uploaded > to)
             {

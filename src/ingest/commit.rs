@@ -177,14 +177,14 @@ async fn commit_now(
     for (i, file) in files.iter().enumerate() {
         let first = first_of[&file.hash] == i;
         let (record, duplicate) = match (published.get(&file.hash), existing.get(&file.hash)) {
-            (Some(new), _) => (&new.record, !first),
-            (None, Some(old)) => (&old.record, true),
+            (Some(new), _) => (new.record(), !first),
+            (None, Some(old)) => (old.record(), true),
             (None, None) => unreachable!("every hash is either claimed or existing"),
         };
         if duplicate {
             ctx.store.count_duplicate(file.size);
         }
-        let mut entry = serde_json::to_value(record).expect("records serialize");
+        let mut entry = serde_json::to_value(&record).expect("records serialize");
         entry["duplicate"] = Value::Bool(duplicate);
         stored.push(entry);
     }

@@ -19,6 +19,7 @@
 //! never lands on the path the delete is about to unlink.
 
 use std::collections::{BTreeMap, HashMap};
+use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
@@ -29,15 +30,10 @@ use tokio::sync::Semaphore;
 
 use super::journal::FileRecord;
 
-pub type Hash = [u8; 32];
+pub use super::stored::Hash;
 
-/// A stored file as the index keeps it.
-#[derive(Debug)]
-pub struct StoredFile {
-    /// Journal order; newest-first listings sort by it.
-    pub sequence: u64,
-    pub record: FileRecord,
-}
+use super::stored::Interner;
+pub use super::stored::StoredFile;
 
 enum Slot {
     Stored(Arc<StoredFile>),
@@ -64,8 +60,12 @@ pub struct Index {
     slots: DashMap<Hash, Slot>,
     next_sequence: AtomicU64,
     totals: Mutex<HashMap<String, Totals>>,
-    /// Record path → hash of every stored file.
-    by_path: DashMap<Box<str>, Hash>,
+    /// 64-bit hash of the record path → file hash (8 bytes a file instead of the path).
+    by_path: DashMap<u64, Hash>,
+    /// Paths whose 64-bit hash collided with another stored path (rare).
+    by_path_overflow: Mutex<HashMap<String, Hash>>,
+    path_hasher: std::collections::hash_map::RandomState,
+    interner: Interner,
     /// Every stored file by journal sequence; iterated in reverse for newest first.
     newest: RwLock<BTreeMap<u64, Arc<StoredFile>>>,
 }
@@ -90,6 +90,9 @@ impl Index {
             next_sequence: AtomicU64::new(1),
             totals: Mutex::new(HashMap::new()),
             by_path: DashMap::with_shard_amount(64),
+            by_path_overflow: Mutex::new(HashMap::new()),
+            path_hasher: std::collections::hash_map::RandomState::new(),
+            interner: Interner::default(),
             newest: RwLock::new(BTreeMap::new()),
         }
     }
@@ -143,10 +146,17 @@ impl Index {
         }
     }
 
-    /// Inserts a stored file (journal replay and publish); returns it.
+    /// Inserts a stored file (publish); returns it.
     pub fn insert_stored(&self, hash: &Hash, record: FileRecord) -> Arc<StoredFile> {
+        self.try_insert_stored(hash, &record)
+            .expect("records built by the commit always compact")
+    }
+
+    /// Inserts a stored file; `None` (nothing inserted) when the record's hash or time
+    /// does not parse (journal replay skips such a record with a warning).
+    pub fn try_insert_stored(&self, hash: &Hash, record: &FileRecord) -> Option<Arc<StoredFile>> {
         let sequence = self.next_sequence.fetch_add(1, Ordering::Relaxed);
-        let file = Arc::new(StoredFile { sequence, record });
+        let file = Arc::new(StoredFile::from_record(sequence, record, &self.interner)?);
         let previous = self.slots.insert(*hash, Slot::Stored(file.clone()));
         match previous {
             Some(Slot::Pending(gate)) => gate.close(),
@@ -154,7 +164,7 @@ impl Index {
             None => {}
         }
         self.link(hash, &file);
-        file
+        Some(file)
     }
 
     /// Removes a stored file; returns it when it was stored.
@@ -199,8 +209,20 @@ impl Index {
 
     /// Looks a stored file up by its record path (`storage/...`).
     pub fn get_by_path(&self, path: &str) -> Option<Arc<StoredFile>> {
-        let hash = *self.by_path.get(path)?;
-        self.get(&hash).filter(|file| file.record.path == path)
+        let key = self.path_hasher.hash_one(path);
+        let candidate = self.by_path.get(&key).map(|h| *h);
+        if let Some(file) = candidate.and_then(|h| self.get(&h))
+            && file.path() == path
+        {
+            return Some(file);
+        }
+        let overflow = self
+            .by_path_overflow
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let hash = *overflow.get(path)?;
+        drop(overflow);
+        self.get(&hash).filter(|file| file.path() == path)
     }
 
     /// Newest first: the files matching `keep`, skipping `offset` of them, at most `limit`,
@@ -245,9 +267,31 @@ impl Index {
 
     /// Adds a stored file to the totals and the read views.
     fn link(&self, hash: &Hash, file: &Arc<StoredFile>) {
-        self.account(&file.record.media_type, file.record.size, true);
-        self.by_path
-            .insert(file.record.path.clone().into_boxed_str(), *hash);
+        self.account(file.media_type(), file.size, true);
+        let path = file.path();
+        let key = self.path_hasher.hash_one(path.as_str());
+        let collided = match self.by_path.entry(key) {
+            Entry::Vacant(slot) => {
+                slot.insert(*hash);
+                false
+            }
+            Entry::Occupied(mut slot) => {
+                let owner = *slot.get();
+                let same_path =
+                    owner == *hash || self.get(&owner).is_none_or(|other| other.path() == path);
+                if same_path {
+                    slot.insert(*hash);
+                }
+                !same_path
+            }
+        };
+        if collided {
+            let mut overflow = self
+                .by_path_overflow
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            overflow.insert(path, *hash);
+        }
         self.newest
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -256,9 +300,22 @@ impl Index {
 
     /// Takes a stored file out of the totals and the read views.
     fn unlink(&self, hash: &Hash, file: &StoredFile) {
-        self.account(&file.record.media_type, file.record.size, false);
-        self.by_path
-            .remove_if(file.record.path.as_str(), |_, owner| owner == hash);
+        self.account(file.media_type(), file.size, false);
+        let path = file.path();
+        let key = self.path_hasher.hash_one(path.as_str());
+        if self
+            .by_path
+            .remove_if(&key, |_, owner| owner == hash)
+            .is_none()
+        {
+            let mut overflow = self
+                .by_path_overflow
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if overflow.get(&path) == Some(hash) {
+                overflow.remove(&path);
+            }
+        }
         self.newest
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -267,7 +324,10 @@ impl Index {
 
     fn account(&self, media_type: &str, size: u64, add: bool) {
         let mut totals = self.totals.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = totals.entry(media_type.to_string()).or_default();
+        if !totals.contains_key(media_type) {
+            totals.insert(media_type.to_string(), Totals::default());
+        }
+        let entry = totals.get_mut(media_type).expect("inserted above");
         if add {
             entry.files += 1;
             entry.bytes += size;
@@ -342,7 +402,7 @@ mod tests {
                 mime_type: "a/b".into(),
                 media_type: "other".into(),
                 category: "other/bin".into(),
-                hash: "00".into(),
+                hash: "07".repeat(32),
                 size: 3,
                 original_name: "x".into(),
                 comment: String::new(),
@@ -350,7 +410,7 @@ mod tests {
             };
             index.publish(&hash, record);
             match waiter.await.unwrap() {
-                Claim::Existing(file) => assert_eq!(file.record.size, 3),
+                Claim::Existing(file) => assert_eq!(file.size, 3),
                 Claim::Claimed => panic!("second claimer must see the stored file"),
             }
         });

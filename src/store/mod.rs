@@ -14,6 +14,7 @@ pub mod durability;
 pub mod index;
 pub mod io;
 pub mod journal;
+pub mod stored;
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
@@ -155,8 +156,13 @@ impl Store {
 fn apply(index: &Index, entry: JournalEntry) {
     match entry {
         JournalEntry::Put(record) => {
-            if let Some(hash) = parse_hash(&record.hash) {
-                index.insert_stored(&hash, record);
+            let inserted =
+                parse_hash(&record.hash).and_then(|hash| index.try_insert_stored(&hash, &record));
+            if inserted.is_none() {
+                eprintln!(
+                    "rhinobox: warning: journal record for {:?} has an unreadable hash or time; skipped",
+                    record.path
+                );
             }
         }
         JournalEntry::Delete { hash, .. } => {
