@@ -38,9 +38,17 @@ cargo build --release --bin rhinobox --bin rhinobox-bench
 
 tmp=$(mktemp -d /var/tmp/rhinobox-nginx.XXXXXX)
 mkdir -p "$tmp/dav" "$tmp/body" "$tmp/logs"
+# The worker drops privileges to www-data (Debian's nginx user) when started as root.
+nginx_user=$(id -un)
+if [ "$(id -u)" = 0 ] && id www-data >/dev/null 2>&1; then
+    nginx_user=www-data
+    chmod 755 "$tmp"
+    chown -R www-data "$tmp/dav" "$tmp/body"
+fi
 port=$((20000 + RANDOM % 20000))
 cat > "$tmp/nginx.conf" <<CONF
 daemon off;
+user $nginx_user;
 worker_processes 1;
 error_log $tmp/logs/error.log warn;
 pid $tmp/nginx.pid;

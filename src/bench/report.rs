@@ -352,7 +352,10 @@ pub struct Comparison {
     pub scenario: String,
     pub a_files_per_s: f64,
     pub b_files_per_s: f64,
-    pub throughput_ratio: f64,
+    /// A/B of files/s; `None` when either side had failed files.
+    pub throughput_ratio: Option<f64>,
+    pub a_failed_files: u64,
+    pub b_failed_files: u64,
     pub a_p50_ms: f64,
     pub b_p50_ms: f64,
     pub a_p99_ms: f64,
@@ -379,11 +382,21 @@ pub fn comparisons(runs: &[RunResult]) -> Vec<Comparison> {
                 median(&values)
             };
             let (a, b) = (of("A", |r| r.files_per_s), of("B", |r| r.files_per_s));
+            let failed = |target: &str| -> u64 {
+                runs.iter()
+                    .filter(|r| r.scenario == scenario && r.target == target)
+                    .map(|r| r.failed_files)
+                    .sum()
+            };
+            let (a_failed_files, b_failed_files) = (failed("A"), failed("B"));
             Comparison {
                 scenario: scenario.to_string(),
                 a_files_per_s: a,
                 b_files_per_s: b,
-                throughput_ratio: a / b.max(1e-9),
+                throughput_ratio: (a_failed_files == 0 && b_failed_files == 0 && b > 0.0)
+                    .then(|| a / b),
+                a_failed_files,
+                b_failed_files,
                 a_p50_ms: of("A", |r| r.latency.p50_ms),
                 b_p50_ms: of("B", |r| r.latency.p50_ms),
                 a_p99_ms: of("A", |r| r.latency.p99_ms),
@@ -402,11 +415,16 @@ pub fn print_comparisons(a: &str, b: &str, comparisons: &[Comparison]) {
     println!("|---|---|---|---|---|---|---|---|");
     for c in comparisons {
         println!(
-            "| {} | {:.0} | {:.0} | {:.2}× | {:.3} | {:.3} | {:.3} | {:.3} |",
+            "| {} | {:.0} | {:.0} | {} | {:.3} | {:.3} | {:.3} | {:.3} |",
             c.scenario,
             c.a_files_per_s,
             c.b_files_per_s,
-            c.throughput_ratio,
+            c.throughput_ratio
+                .map(|r| format!("{r:.2}×"))
+                .unwrap_or(format!(
+                    "n/a (failed A {} B {})",
+                    c.a_failed_files, c.b_failed_files
+                )),
             c.a_p50_ms,
             c.b_p50_ms,
             c.a_p99_ms,

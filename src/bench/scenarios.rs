@@ -20,6 +20,9 @@ use super::report::{RunLabels, RunResult};
 use super::target::{Daemon, DaemonSpec, Endpoint, Mode};
 use super::workload::{Sizes, Workload, fresh_nonce};
 
+/// Runs of the fs ceiling per configuration; the best counts.
+const CEILING_TRIES: usize = 3;
+
 /// Every group of the standard suite, in the order they run.
 pub const STANDARD: &[&str] = &[
     "seed",
@@ -135,7 +138,7 @@ struct Suite<'a> {
     run_dir: PathBuf,
     dirs_made: usize,
     outcome: SuiteOutcome,
-    ceiling_cache: HashMap<(u64, String), f64>,
+    ceiling_cache: HashMap<(u64, String, usize), f64>,
 }
 
 impl Suite<'_> {
@@ -309,8 +312,11 @@ impl Suite<'_> {
             && size <= 1 << 20
             && plan.rate.is_none()
         {
-            let files = (result.files as usize).clamp(2000, 20_000);
-            if let Some(ceiling) = self.ceiling(size, sync, files) {
+            // The daemon syncs once for whatever is in flight: the ceiling syncs once per
+            // the same number of files (clients × files per request).
+            let files_per_sync = plan.clients * files_per_request;
+            let files = (result.files as usize).clamp(8000, 20_000);
+            if let Some(ceiling) = self.ceiling(size, sync, files_per_sync, files) {
                 result.ceiling_files_per_s = Some(ceiling);
                 result.pct_of_ceiling = Some(result.files_per_s / ceiling * 100.0);
             }
@@ -319,12 +325,22 @@ impl Suite<'_> {
         self.outcome.runs.push(result);
     }
 
-    /// The fs ceiling for files of `size` under `sync`, measured once per suite.
-    fn ceiling(&mut self, size: u64, sync: &str, files: usize) -> Option<f64> {
-        let key = (size, sync.to_string());
+    /// The fs ceiling for files of `size` under `sync` (one syncfs per `files_per_sync`
+    /// files), measured once per suite: the best of [`CEILING_TRIES`] runs, as the
+    /// ceiling is what the file system allows and noise only ever lowers it.
+    fn ceiling(
+        &mut self,
+        size: u64,
+        sync: &str,
+        files_per_sync: usize,
+        files: usize,
+    ) -> Option<f64> {
+        let files_per_sync = if sync == "none" { 0 } else { files_per_sync };
+        let key = (size, sync.to_string(), files_per_sync);
         if let Some(&value) = self.ceiling_cache.get(&key) {
             return Some(value);
         }
+        let threads = self.options.ceiling_threads.max(1);
         let spec = CeilingSpec {
             files: if size >= 1 << 20 {
                 files.min(512)
@@ -332,33 +348,45 @@ impl Suite<'_> {
                 files
             },
             size_bytes: size,
-            threads: self.options.ceiling_threads,
-            batch: 100,
+            threads,
+            batch: files_per_sync.div_ceil(threads).max(1),
             sync: sync.to_string(),
         };
-        let dir = self.fresh_dir(&format!("ceiling-{size}-{sync}"));
-        match ceiling::run(&dir, &spec) {
-            Ok(outcome) => {
-                println!(
-                    "{:<22} [fs] {:>7} files {:>9.0} files/s {:>8.1} MiB/s  ({} threads, sync {}, cpu {:.0}µs/file)",
-                    format!("ceiling/{}", Sizes::Fixed(size).label()),
-                    outcome.files,
-                    outcome.files_per_s,
-                    outcome.mib_per_s,
-                    spec.threads,
-                    spec.sync,
-                    outcome.cpu_us_per_file
-                );
-                self.ceiling_cache.insert(key, outcome.files_per_s);
-                let value = outcome.files_per_s;
-                self.outcome.ceilings.push((spec, outcome));
-                Some(value)
-            }
-            Err(error) => {
-                self.note(format!("ceiling for {size} B, sync {sync}: {error}"));
-                None
+        let mut best: Option<CeilingOutcome> = None;
+        for _ in 0..CEILING_TRIES {
+            let dir = self.fresh_dir(&format!("ceiling-{size}-{sync}-{files_per_sync}"));
+            match ceiling::run(&dir, &spec) {
+                Ok(outcome)
+                    if best
+                        .as_ref()
+                        .is_none_or(|b| outcome.files_per_s > b.files_per_s) =>
+                {
+                    best = Some(outcome)
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    self.note(format!("ceiling for {size} B, sync {sync}: {error}"));
+                    return None;
+                }
             }
         }
+        let outcome = best?;
+        println!(
+            "{:<22} [fs] {:>7} files {:>9.0} files/s {:>8.1} MiB/s  (best of {CEILING_TRIES}; {} threads, \
+             sync {} per {} files per thread, cpu {:.0}µs/file)",
+            format!("ceiling/{}", Sizes::Fixed(size).label()),
+            outcome.files,
+            outcome.files_per_s,
+            outcome.mib_per_s,
+            spec.threads,
+            spec.sync,
+            spec.batch,
+            outcome.cpu_us_per_file
+        );
+        let value = outcome.files_per_s;
+        self.ceiling_cache.insert(key, value);
+        self.outcome.ceilings.push((spec, outcome));
+        Some(value)
     }
 
     fn index(&mut self) {

@@ -141,7 +141,7 @@ fn main() -> ExitCode {
     let nginx_ratio = comparisons
         .iter()
         .find(|c| c.scenario == "put/4KiB-c8")
-        .map(|c| c.throughput_ratio);
+        .and_then(|c| c.throughput_ratio);
     let seed = report::seed_table(&suite.runs);
     let targets = report::targets_table(&suite.runs, nginx_ratio);
     report::print_table(
