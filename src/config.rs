@@ -134,10 +134,15 @@ pub struct Limits {
     pub file_name_bytes_max: usize,
     /// Bounded time to drain in-flight requests at shutdown.
     pub shutdown_timeout: Duration,
-    /// Registered buffer size; every write to disk is one such buffer or less.
-    pub io_buffer_bytes: usize,
-    /// Registered buffers per core; an upload holds one while it fills it.
-    pub io_buffers_per_core: usize,
+    /// Small registered buffer: every file starts in one, so a small file is one write.
+    pub io_small_buffer_bytes: usize,
+    /// Small buffers per core; an upload holds one from its first byte to its first write.
+    pub io_small_buffers_per_core: usize,
+    /// Large registered buffer: the rest of a file beyond the small buffer, written with
+    /// O_DIRECT once the file is large.
+    pub io_large_buffer_bytes: usize,
+    /// Large buffers per core; a large upload uses up to three (one filling, two writing).
+    pub io_large_buffers_per_core: usize,
     /// Files this size or larger go through O_DIRECT.
     pub direct_io_bytes_min: u64,
     /// Threads of the blocking I/O pool of the `threads` engine, per core.
@@ -277,9 +282,11 @@ impl Config {
             field_size_bytes_max: 64 * 1024,
             file_name_bytes_max: 4096,
             shutdown_timeout: Duration::from_secs(shutdown_s),
-            io_buffer_bytes: 256 * 1024,
-            io_buffers_per_core: 32,
-            direct_io_bytes_min: direct_kb.saturating_mul(1024).max(256 * 1024),
+            io_small_buffer_bytes: 64 * 1024,
+            io_small_buffers_per_core: 32,
+            io_large_buffer_bytes: 1024 * 1024,
+            io_large_buffers_per_core: 4,
+            direct_io_bytes_min: direct_kb.saturating_mul(1024),
             io_threads_per_core: 16,
         };
         Ok(Config {

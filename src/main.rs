@@ -4,7 +4,19 @@
 use clap::Parser;
 use rhinobox::config::{Args, Config};
 
+/// Fixes glibc's mmap threshold: by default it rises to the size of the largest block ever
+/// freed (the 8 MiB journal replay buffer), after which big transient buffers live in the
+/// arenas and keep the resident size high long after use.
+fn tune_allocator() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only changes allocator parameters; called before any other thread.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
+    }
+}
+
 fn main() {
+    tune_allocator();
     let args = match Args::try_parse() {
         Ok(args) => args,
         Err(e)

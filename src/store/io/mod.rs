@@ -134,7 +134,7 @@ pub fn probe_uring(limits: &Limits, probe_dir: &Path) -> Result<(), String> {
         let io = uring::UringIo::new(&limits).map_err(|e| {
             format!(
                 "registering {} buffers failed: {e} (raise RLIMIT_MEMLOCK)",
-                limits.io_buffers_per_core
+                limits.io_small_buffers_per_core + limits.io_large_buffers_per_core
             )
         })?;
         // A real file op proves the ring works under this seccomp profile.

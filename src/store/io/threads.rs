@@ -85,8 +85,8 @@ impl ThreadsIo {
         let pool = BlockingPool::new(limits.io_threads_per_core, 1024, "rhinobox-io")?;
         Ok(ThreadsIo {
             pool,
-            buffer_bytes: limits.io_buffer_bytes,
-            buffers: Arc::new(Semaphore::new(limits.io_buffers_per_core)),
+            buffer_bytes: limits.io_large_buffer_bytes,
+            buffers: Arc::new(Semaphore::new(limits.io_small_buffers_per_core)),
         })
     }
 

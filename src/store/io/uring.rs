@@ -1,5 +1,11 @@
-//! The io_uring engine: registered buffers, O_DIRECT for large files.
+//! The io_uring engine: two classes of registered buffers, O_DIRECT for large files.
+//!
+//! Every file starts in a small buffer (64 KiB): a small file is one open, one write from
+//! that buffer and one close. A file that outgrows it continues in large buffers (1 MiB)
+//! at 4096-aligned offsets; full large buffers of a large file go out with O_DIRECT, two
+//! writes in flight while the next buffer fills. Tails are written through the page cache.
 
+use std::collections::VecDeque;
 use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -13,10 +19,14 @@ use tokio_uring::fs::{File, OpenOptions};
 use super::AlignedBuf;
 use crate::config::Limits;
 
-/// Per-core io_uring resources: the registered buffer pool.
+/// Writes of one file in flight at most (besides the buffer being filled).
+const WRITES_IN_FLIGHT_MAX: usize = 2;
+
+/// Per-core io_uring resources: the registered buffer pool (both classes).
 pub struct UringIo {
     pool: Rc<FixedBufPool<AlignedBuf>>,
-    buffer_bytes: usize,
+    small_bytes: usize,
+    large_bytes: usize,
     direct_bytes_min: u64,
 }
 
@@ -25,7 +35,8 @@ impl Clone for UringIo {
     fn clone(&self) -> Self {
         UringIo {
             pool: self.pool.clone(),
-            buffer_bytes: self.buffer_bytes,
+            small_bytes: self.small_bytes,
+            large_bytes: self.large_bytes,
             direct_bytes_min: self.direct_bytes_min,
         }
     }
@@ -33,13 +44,16 @@ impl Clone for UringIo {
 
 impl UringIo {
     pub fn new(limits: &Limits) -> io::Result<UringIo> {
-        let buffers =
-            (0..limits.io_buffers_per_core).map(|_| AlignedBuf::new(limits.io_buffer_bytes));
-        let pool = FixedBufPool::new(buffers);
+        let small = (0..limits.io_small_buffers_per_core)
+            .map(|_| AlignedBuf::new(limits.io_small_buffer_bytes));
+        let large = (0..limits.io_large_buffers_per_core)
+            .map(|_| AlignedBuf::new(limits.io_large_buffer_bytes));
+        let pool = FixedBufPool::new(small.chain(large));
         pool.register()?;
         Ok(UringIo {
             pool: Rc::new(pool),
-            buffer_bytes: limits.io_buffer_bytes,
+            small_bytes: limits.io_small_buffer_bytes,
+            large_bytes: limits.io_large_buffer_bytes,
             direct_bytes_min: limits.direct_io_bytes_min,
         })
     }
@@ -56,12 +70,15 @@ impl UringIo {
             filling: None,
             filled: 0,
             offset: 0,
-            in_flight: None,
+            in_flight: VecDeque::new(),
         }
     }
 }
 
-type WriteTask = JoinHandle<(io::Result<()>, FixedBuf)>;
+/// A write in flight. It gives its buffer back to the pool the moment the kernel is done
+/// with it, not when the writer looks at the result: a writer waiting for a buffer must
+/// never be waiting on buffers that only it could release.
+type WriteTask = JoinHandle<io::Result<()>>;
 
 /// Streams one file through registered buffers.
 pub struct UringWriter {
@@ -75,18 +92,20 @@ pub struct UringWriter {
     filled: usize,
     /// File offset of the first byte of `filling`.
     offset: u64,
-    in_flight: Option<WriteTask>,
+    in_flight: VecDeque<WriteTask>,
 }
 
 impl UringWriter {
     pub async fn write(&mut self, mut data: &[u8]) -> io::Result<()> {
-        let cap = self.io.buffer_bytes;
         while !data.is_empty() {
             if self.filling.is_none() {
-                // Waits when every buffer of this core is in use: the pool is the bound.
+                // The first buffer of a file is small, the rest large. Waits when every
+                // buffer of that class on this core is in use: the pool is the bound.
+                let cap = self.next_capacity();
                 self.filling = Some(self.io.pool.next(cap).await);
             }
             let buf = self.filling.as_mut().expect("buffer checked out above");
+            let cap = buf.len();
             let n = (cap - self.filled).min(data.len());
             buf[self.filled..self.filled + n].copy_from_slice(&data[..n]);
             self.filled += n;
@@ -98,25 +117,35 @@ impl UringWriter {
         Ok(())
     }
 
+    fn next_capacity(&self) -> usize {
+        if self.offset == 0 {
+            self.io.small_bytes
+        } else {
+            self.io.large_bytes
+        }
+    }
+
     /// Hands the full buffer to a write op and keeps filling a fresh one meanwhile.
     async fn write_full_buffer(&mut self) -> io::Result<()> {
-        self.wait_in_flight().await?;
+        while self.in_flight.len() >= WRITES_IN_FLIGHT_MAX {
+            self.wait_oldest().await?;
+        }
         let buf = self.filling.take().expect("a full buffer");
-        let file = self.target_for_full_buffer().await?;
+        let file = self.target_for(buf.len()).await?;
         let offset = self.offset;
-        self.in_flight = Some(tokio_uring::spawn(async move {
-            let (result, slice) = file.write_fixed_all_at(buf.slice(..), offset).await;
-            (result, slice.into_inner())
-        }));
         self.offset += self.filled as u64;
         self.filled = 0;
+        self.in_flight.push_back(tokio_uring::spawn(async move {
+            let (result, slice) = file.write_fixed_all_at(buf.slice(..), offset).await;
+            drop(slice);
+            result
+        }));
         Ok(())
     }
 
-    async fn wait_in_flight(&mut self) -> io::Result<()> {
-        if let Some(task) = self.in_flight.take() {
-            let (result, _buf) = task.await.map_err(io::Error::other)?;
-            result?;
+    async fn wait_oldest(&mut self) -> io::Result<()> {
+        if let Some(task) = self.in_flight.pop_front() {
+            task.await.map_err(io::Error::other)??;
         }
         Ok(())
     }
@@ -136,10 +165,11 @@ impl UringWriter {
         Ok(self.buffered.clone().expect("opened above"))
     }
 
-    /// O_DIRECT once the file is known to be large, else the page cache.
-    async fn target_for_full_buffer(&mut self) -> io::Result<Rc<File>> {
+    /// O_DIRECT for a full large buffer of a large file, else the page cache.
+    async fn target_for(&mut self, buffer_bytes: usize) -> io::Result<Rc<File>> {
         let buffered = self.buffered_file().await?;
-        let large = self.offset + self.io.buffer_bytes as u64 >= self.io.direct_bytes_min;
+        let large = buffer_bytes == self.io.large_bytes
+            && self.offset + buffer_bytes as u64 >= self.io.direct_bytes_min;
         if !large || self.direct_unsupported {
             return Ok(buffered);
         }
@@ -163,7 +193,9 @@ impl UringWriter {
     }
 
     pub async fn finish(mut self) -> io::Result<u64> {
-        self.wait_in_flight().await?;
+        while !self.in_flight.is_empty() {
+            self.wait_oldest().await?;
+        }
         let buffered = self.buffered_file().await?;
         if let Some(buf) = self.filling.take()
             && self.filled > 0
