@@ -183,7 +183,7 @@ fn contend(index: &Arc<Index>, round: u64) {
                     let hash = *key.as_bytes();
                     match runtime.block_on(index.claim(&hash)) {
                         Claim::Claimed => {
-                            index.publish(&hash, record(op));
+                            index.publish(&hash, &record(op));
                         }
                         Claim::Existing(file) => {
                             black_box(file);

@@ -86,8 +86,8 @@ pub fn full_body(bytes: impl Into<Bytes>) -> Body {
 }
 
 /// A JSON response with the given status.
-pub fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
-    let mut bytes = serde_json::to_vec(value).expect("JSON values always serialize");
+pub fn json_response(status: StatusCode, value: &impl serde::Serialize) -> Response<Body> {
+    let mut bytes = serde_json::to_vec(value).expect("response values always serialize");
     bytes.push(b'\n');
     Response::builder()
         .status(status)

@@ -18,7 +18,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use futures_util::StreamExt;
-use serde_json::Value;
+use serde::ser::{Serialize, SerializeStruct, Serializer};
 
 use super::IngestContext;
 use super::naming::{sanitize, stem_of};
@@ -26,6 +26,37 @@ use super::receive::{ReceivedFile, TmpFiles, wait_written};
 use crate::api::errors::ApiError;
 use crate::store::index::{Claim, Hash, StoredFile};
 use crate::store::journal::{FileRecord, JournalEntry, encode_line};
+
+/// One entry of the `stored` array: the record, and whether it was stored before.
+pub struct StoredEntry {
+    pub record: FileRecord,
+    pub duplicate: bool,
+}
+
+// Written field by field (not through a JSON map): this runs once per uploaded file.
+impl Serialize for StoredEntry {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let r = &self.record;
+        let mut entry = serializer.serialize_struct("StoredEntry", 10)?;
+        entry.serialize_field("path", &r.path)?;
+        entry.serialize_field("mime_type", &r.mime_type)?;
+        entry.serialize_field("media_type", &r.media_type)?;
+        entry.serialize_field("category", &r.category)?;
+        entry.serialize_field("hash", &r.hash)?;
+        entry.serialize_field("size", &r.size)?;
+        entry.serialize_field("original_name", &r.original_name)?;
+        entry.serialize_field("comment", &r.comment)?;
+        entry.serialize_field("uploaded_at", &r.uploaded_at)?;
+        entry.serialize_field("duplicate", &self.duplicate)?;
+        entry.end()
+    }
+}
+
+/// The 200 reply of an ingest request.
+#[derive(serde::Serialize)]
+pub struct IngestResponse {
+    pub stored: Vec<StoredEntry>,
+}
 
 /// Request-wide fields that apply to every file.
 pub struct Annotations {
@@ -61,7 +92,7 @@ pub async fn commit(
     files: Vec<ReceivedFile>,
     annotations: Annotations,
     mut tmp_files: TmpFiles,
-) -> Result<Vec<Value>, ApiError> {
+) -> Result<Vec<StoredEntry>, ApiError> {
     // The tmp guard moves into the task: only the task decides what stays on disk.
     let task = tokio::task::spawn_local(async move {
         let result = commit_now(&ctx, files, &annotations).await;
@@ -110,7 +141,7 @@ async fn commit_now(
     ctx: &IngestContext,
     mut files: Vec<ReceivedFile>,
     annotations: &Annotations,
-) -> Result<Vec<Value>, ApiError> {
+) -> Result<Vec<StoredEntry>, ApiError> {
     wait_written(&mut files).await?;
     let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
     // First occurrence of each hash in the request; later ones are duplicates of it.
@@ -164,11 +195,9 @@ async fn commit_now(
         ctx.store.make_durable().await;
     }
 
-    let mut published: HashMap<Hash, Arc<StoredFile>> = HashMap::with_capacity(new_records.len());
-    for (hash, record) in new_records {
-        let size = record.size;
-        published.insert(hash, ctx.store.index.publish(&hash, record));
-        ctx.store.count_ingested(size);
+    for (hash, record) in &new_records {
+        ctx.store.index.publish(hash, record);
+        ctx.store.count_ingested(record.size);
         ctx.stats
             .files
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -176,17 +205,15 @@ async fn commit_now(
     let mut stored = Vec::with_capacity(files.len());
     for (i, file) in files.iter().enumerate() {
         let first = first_of[&file.hash] == i;
-        let (record, duplicate) = match (published.get(&file.hash), existing.get(&file.hash)) {
-            (Some(new), _) => (new.record(), !first),
+        let (record, duplicate) = match (new_records.get(&file.hash), existing.get(&file.hash)) {
+            (Some(new), _) => (new.clone(), !first),
             (None, Some(old)) => (old.record(), true),
             (None, None) => unreachable!("every hash is either claimed or existing"),
         };
         if duplicate {
             ctx.store.count_duplicate(file.size);
         }
-        let mut entry = serde_json::to_value(&record).expect("records serialize");
-        entry["duplicate"] = Value::Bool(duplicate);
-        stored.push(entry);
+        stored.push(StoredEntry { record, duplicate });
     }
     Ok(stored)
 }

@@ -13,10 +13,9 @@ use futures_util::{Stream, StreamExt};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::{Request, StatusCode, header};
-use serde_json::json;
 
 use super::IngestContext;
-use super::commit::{Annotations, commit};
+use super::commit::{Annotations, IngestResponse, commit};
 use super::naming::parse_disposition;
 use super::receive::{ChunkSource, ReceivedFile, TmpFiles, receive_file};
 use crate::api::errors::ApiError;
@@ -136,7 +135,7 @@ impl ChunkSource for FieldSource<'_, '_> {
 pub async fn handle_post(
     ctx: Rc<IngestContext>,
     request: Request<Incoming>,
-) -> Result<serde_json::Value, ApiError> {
+) -> Result<IngestResponse, ApiError> {
     check_declared_length(&ctx, &request)?;
     let content_type = request
         .headers()
@@ -214,7 +213,7 @@ pub async fn handle_post(
         return Err(ApiError::bad_request("no files provided"));
     }
     let stored = commit(ctx.clone(), files, annotations, tmp_files).await?;
-    Ok(json!({ "stored": stored }))
+    Ok(IngestResponse { stored })
 }
 
 async fn read_text(ctx: &IngestContext, field: &mut multer::Field<'_>) -> Result<String, ApiError> {
@@ -255,7 +254,7 @@ pub async fn handle_put(
     request: Request<Incoming>,
     file_name: String,
     annotations: Annotations,
-) -> Result<serde_json::Value, ApiError> {
+) -> Result<IngestResponse, ApiError> {
     check_declared_length(&ctx, &request)?;
     if file_name.len() > ctx.limits.file_name_bytes_max {
         return Err(ApiError::bad_request("file name too long"));
@@ -277,5 +276,5 @@ pub async fn handle_put(
     let mut tmp_files = TmpFiles::new();
     let file = receive_file(&ctx, &mut source, file_name, part_type, &mut tmp_files).await?;
     let stored = commit(ctx.clone(), vec![file], annotations, tmp_files).await?;
-    Ok(json!({ "stored": stored }))
+    Ok(IngestResponse { stored })
 }

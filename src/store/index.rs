@@ -132,7 +132,7 @@ impl Index {
     }
 
     /// Turns the caller's claim into a stored file and wakes the waiters.
-    pub fn publish(&self, hash: &Hash, record: FileRecord) -> Arc<StoredFile> {
+    pub fn publish(&self, hash: &Hash, record: &FileRecord) -> Arc<StoredFile> {
         self.insert_stored(hash, record)
     }
 
@@ -147,8 +147,8 @@ impl Index {
     }
 
     /// Inserts a stored file (publish); returns it.
-    pub fn insert_stored(&self, hash: &Hash, record: FileRecord) -> Arc<StoredFile> {
-        self.try_insert_stored(hash, &record)
+    pub fn insert_stored(&self, hash: &Hash, record: &FileRecord) -> Arc<StoredFile> {
+        self.try_insert_stored(hash, record)
             .expect("records built by the commit always compact")
     }
 
@@ -408,7 +408,7 @@ mod tests {
                 comment: String::new(),
                 uploaded_at: "2026-01-01T00:00:00Z".into(),
             };
-            index.publish(&hash, record);
+            index.publish(&hash, &record);
             match waiter.await.unwrap() {
                 Claim::Existing(file) => assert_eq!(file.size, 3),
                 Claim::Claimed => panic!("second claimer must see the stored file"),
