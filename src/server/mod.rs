@@ -200,6 +200,8 @@ pub fn run(config: Config) -> Result<i32, StartError> {
 }
 
 fn finish(shared: &Shared, _addr: SocketAddr) -> Result<i32, StartError> {
+    // The cores are stopped: no more access-log lines; write out the queued ones.
+    shared.access_log.stop();
     // Final flush: whatever durability mode, leave the journal and data synced on exit.
     if let Err(e) = shared.store.journal.sync() {
         eprintln!("rhinobox: fatal: journal fsync failed at shutdown: {e}");
