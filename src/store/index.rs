@@ -28,7 +28,7 @@ use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 use tokio::sync::Semaphore;
 
-use super::journal::FileRecord;
+use super::journal::{FileRecord, RecordView};
 
 pub use super::stored::Hash;
 
@@ -155,8 +155,14 @@ impl Index {
     /// Inserts a stored file; `None` (nothing inserted) when the record's hash or time
     /// does not parse (journal replay skips such a record with a warning).
     pub fn try_insert_stored(&self, hash: &Hash, record: &FileRecord) -> Option<Arc<StoredFile>> {
+        self.replay_insert(hash, &RecordView::of(record))
+    }
+
+    /// Inserts a stored file from a record borrowed from a journal line; `None` (nothing
+    /// inserted) when its hash or time does not parse.
+    pub fn replay_insert(&self, hash: &Hash, record: &RecordView<'_>) -> Option<Arc<StoredFile>> {
         let sequence = self.next_sequence.fetch_add(1, Ordering::Relaxed);
-        let file = Arc::new(StoredFile::from_record(sequence, record, &self.interner)?);
+        let file = Arc::new(StoredFile::from_view(sequence, record, &self.interner)?);
         let previous = self.slots.insert(*hash, Slot::Stored(file.clone()));
         match previous {
             Some(Slot::Pending(gate)) => gate.close(),

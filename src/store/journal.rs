@@ -19,6 +19,8 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 
 /// The stored description of one file, as returned by the API.
@@ -59,8 +61,104 @@ pub fn encode_line(entry: &JournalEntry, out: &mut Vec<u8>) {
     out.extend_from_slice(b"}\n");
 }
 
-/// Decodes one line (without its newline); `None` when torn, corrupted or unparsable.
-pub fn decode_line(line: &[u8]) -> Option<JournalEntry> {
+/// A record borrowed from a journal line (replay reads a million of them: no copies).
+#[derive(Debug)]
+pub struct RecordView<'a> {
+    pub path: Cow<'a, str>,
+    pub mime_type: Cow<'a, str>,
+    pub media_type: Cow<'a, str>,
+    pub category: Cow<'a, str>,
+    pub hash: Cow<'a, str>,
+    pub size: u64,
+    pub original_name: Cow<'a, str>,
+    pub comment: Cow<'a, str>,
+    pub uploaded_at: Cow<'a, str>,
+}
+
+impl<'a> RecordView<'a> {
+    pub fn of(record: &'a FileRecord) -> RecordView<'a> {
+        RecordView {
+            path: Cow::Borrowed(&record.path),
+            mime_type: Cow::Borrowed(&record.mime_type),
+            media_type: Cow::Borrowed(&record.media_type),
+            category: Cow::Borrowed(&record.category),
+            hash: Cow::Borrowed(&record.hash),
+            size: record.size,
+            original_name: Cow::Borrowed(&record.original_name),
+            comment: Cow::Borrowed(&record.comment),
+            uploaded_at: Cow::Borrowed(&record.uploaded_at),
+        }
+    }
+
+    pub fn to_record(&self) -> FileRecord {
+        FileRecord {
+            path: self.path.to_string(),
+            mime_type: self.mime_type.to_string(),
+            media_type: self.media_type.to_string(),
+            category: self.category.to_string(),
+            hash: self.hash.to_string(),
+            size: self.size,
+            original_name: self.original_name.to_string(),
+            comment: self.comment.to_string(),
+            uploaded_at: self.uploaded_at.to_string(),
+        }
+    }
+}
+
+/// A journal entry borrowed from its line.
+#[derive(Debug)]
+pub enum EntryView<'a> {
+    Put(RecordView<'a>),
+    Delete { hash: Cow<'a, str> },
+}
+
+/// The fields of any line, flat: one pass, no buffering (an internally tagged enum or
+/// `flatten` would first collect every member into a map).
+#[derive(Deserialize)]
+struct LineView<'a> {
+    #[serde(borrow)]
+    op: Cow<'a, str>,
+    #[serde(borrow)]
+    path: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    mime_type: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    media_type: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    category: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    hash: Option<Cow<'a, str>>,
+    size: Option<u64>,
+    #[serde(borrow)]
+    original_name: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    comment: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    uploaded_at: Option<Cow<'a, str>>,
+}
+
+impl<'a> LineView<'a> {
+    fn into_entry(self) -> Option<EntryView<'a>> {
+        match self.op.as_ref() {
+            "put" => Some(EntryView::Put(RecordView {
+                path: self.path?,
+                mime_type: self.mime_type?,
+                media_type: self.media_type?,
+                category: self.category?,
+                hash: self.hash?,
+                size: self.size?,
+                original_name: self.original_name?,
+                comment: self.comment?,
+                uploaded_at: self.uploaded_at?,
+            })),
+            "delete" => Some(EntryView::Delete { hash: self.hash? }),
+            _ => None,
+        }
+    }
+}
+
+/// Checks a line's CRC; returns the JSON text it covers (without the `crc` member).
+fn verified_json(line: &[u8]) -> Option<&[u8]> {
     const MARK: &[u8] = b",\"crc\":";
     let body_end = line.len().checked_sub(1)?;
     if line.last() != Some(&b'}') {
@@ -77,10 +175,21 @@ pub fn decode_line(line: &[u8]) -> Option<JournalEntry> {
     if hasher.finalize() != crc {
         return None;
     }
-    let mut body = Vec::with_capacity(mark_at + 1);
-    body.extend_from_slice(&line[..mark_at]);
-    body.push(b'}');
-    serde_json::from_slice(&body).ok()
+    Some(line)
+}
+
+/// Decodes one line (without its newline) without copying its strings; `None` when torn,
+/// corrupted or unparsable. Serde ignores the trailing `crc` member.
+pub fn decode_line_view(line: &[u8]) -> Option<EntryView<'_>> {
+    let json = verified_json(line)?;
+    let view: LineView<'_> = serde_json::from_slice(json).ok()?;
+    view.into_entry()
+}
+
+/// Decodes one line into an owned entry (tests and tools).
+pub fn decode_line(line: &[u8]) -> Option<JournalEntry> {
+    let json = verified_json(line)?;
+    serde_json::from_slice(json).ok()
 }
 
 /// What replay found.
@@ -130,8 +239,8 @@ impl ReplayCursor {
     /// Applies the decoded lines of one block, in order.
     fn apply_block(
         &mut self,
-        lines: Vec<(usize, Option<JournalEntry>)>,
-        apply: &mut impl FnMut(JournalEntry),
+        lines: Vec<(usize, Option<EntryView<'_>>)>,
+        apply: &mut impl FnMut(EntryView<'_>),
     ) -> Result<(), ReplayError> {
         for (len, entry) in lines {
             self.line_number += 1;
@@ -156,11 +265,11 @@ impl ReplayCursor {
 }
 
 /// Decodes complete lines (each ending in `\n`), on two threads for large blocks.
-fn decode_block(block: &[u8]) -> Vec<(usize, Option<JournalEntry>)> {
-    fn decode_lines(bytes: &[u8]) -> Vec<(usize, Option<JournalEntry>)> {
+fn decode_block(block: &[u8]) -> Vec<(usize, Option<EntryView<'_>>)> {
+    fn decode_lines(bytes: &[u8]) -> Vec<(usize, Option<EntryView<'_>>)> {
         bytes
             .split_inclusive(|&b| b == b'\n')
-            .map(|line| (line.len(), decode_line(&line[..line.len() - 1])))
+            .map(|line| (line.len(), decode_line_view(&line[..line.len() - 1])))
             .collect()
     }
     if block.len() < 64 * 1024 {
@@ -186,7 +295,7 @@ fn decode_block(block: &[u8]) -> Vec<(usize, Option<JournalEntry>)> {
 /// Returns what it found and the length of the valid prefix (where a torn tail starts).
 pub fn replay(
     reader: &mut impl Read,
-    mut apply: impl FnMut(JournalEntry),
+    mut apply: impl FnMut(EntryView<'_>),
 ) -> Result<(Replay, u64), ReplayError> {
     let mut cursor = ReplayCursor {
         line_number: 0,
@@ -240,7 +349,16 @@ fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
 /// Parses a whole in-memory journal (tests and tools).
 pub fn parse(data: &[u8]) -> Result<(Vec<JournalEntry>, Replay, u64), ReplayError> {
     let mut entries = Vec::new();
-    let (replay, valid_len) = replay(&mut &data[..], |e| entries.push(e))?;
+    let (replay, valid_len) = replay(&mut &data[..], |e| {
+        entries.push(match e {
+            EntryView::Put(record) => JournalEntry::Put(record.to_record()),
+            EntryView::Delete { hash } => JournalEntry::Delete {
+                hash: hash.into_owned(),
+                path: String::new(),
+                deleted_at: String::new(),
+            },
+        })
+    })?;
     Ok((entries, replay, valid_len))
 }
 
@@ -254,7 +372,7 @@ impl Journal {
     /// Opens (creating) the journal, replays it through `apply` and truncates a torn tail.
     pub fn open(
         path: &Path,
-        apply: impl FnMut(JournalEntry),
+        apply: impl FnMut(EntryView<'_>),
     ) -> Result<(Journal, Replay), ReplayError> {
         let file = OpenOptions::new()
             .read(true)

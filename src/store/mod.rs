@@ -26,7 +26,7 @@ use dashmap::DashSet;
 use crate::config::Durability;
 use durability::GroupCommit;
 use index::{Index, parse_hash};
-use journal::{Journal, JournalEntry};
+use journal::{EntryView, Journal};
 
 /// Counters since start-up (metrics and /statistics).
 #[derive(Default)]
@@ -153,11 +153,11 @@ impl Store {
     }
 }
 
-fn apply(index: &Index, entry: JournalEntry) {
+fn apply(index: &Index, entry: EntryView<'_>) {
     match entry {
-        JournalEntry::Put(record) => {
+        EntryView::Put(record) => {
             let inserted =
-                parse_hash(&record.hash).and_then(|hash| index.try_insert_stored(&hash, &record));
+                parse_hash(&record.hash).and_then(|hash| index.replay_insert(&hash, &record));
             if inserted.is_none() {
                 eprintln!(
                     "rhinobox: warning: journal record for {:?} has an unreadable hash or time; skipped",
@@ -165,7 +165,7 @@ fn apply(index: &Index, entry: JournalEntry) {
                 );
             }
         }
-        JournalEntry::Delete { hash, .. } => {
+        EntryView::Delete { hash } => {
             if let Some(hash) = parse_hash(&hash) {
                 index.remove(&hash);
             }

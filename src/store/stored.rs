@@ -12,7 +12,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::journal::FileRecord;
+use super::journal::{FileRecord, RecordView};
 use crate::ingest::sniff::MEDIA_TYPES;
 
 pub type Hash = [u8; 32];
@@ -86,18 +86,27 @@ impl StoredFile {
         record: &FileRecord,
         interner: &Interner,
     ) -> Option<StoredFile> {
+        StoredFile::from_view(sequence, &RecordView::of(record), interner)
+    }
+
+    /// Compacts a record borrowed from a journal line.
+    pub fn from_view(
+        sequence: u64,
+        record: &RecordView<'_>,
+        interner: &Interner,
+    ) -> Option<StoredFile> {
         let hash = super::index::parse_hash(&record.hash)?;
         let uploaded = humantime::parse_rfc3339_weak(&record.uploaded_at).ok()?;
         let uploaded_at_s = uploaded.duration_since(UNIX_EPOCH).ok()?.as_secs() as i64;
         let prefix_len = "storage/".len() + record.category.len() + 1;
         let shaped = record.path.len() > prefix_len
             && record.path.starts_with("storage/")
-            && record.path[8..].starts_with(record.category.as_str())
+            && record.path[8..].starts_with(record.category.as_ref())
             && record.path.as_bytes()[prefix_len - 1] == b'/';
         let path_tail: Box<str> = if shaped {
             record.path[prefix_len..].into()
         } else {
-            record.path.as_str().into()
+            record.path.as_ref().into()
         };
         Some(StoredFile {
             sequence,
@@ -109,7 +118,7 @@ impl StoredFile {
             category: interner.intern(&record.category),
             path_tail,
             path_is_full: !shaped,
-            original_name: record.original_name.as_str().into(),
+            original_name: record.original_name.as_ref().into(),
             comment: interner.comment(&record.comment),
         })
     }
