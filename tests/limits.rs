@@ -229,3 +229,51 @@ fn errors_are_json() {
     let unknown = format!("/files/metadata?hash={}", "0".repeat(64));
     assert_json_error(&daemon.get(&unknown), 404, None);
 }
+
+/// Back-pressure (SPEC §3): with `--queue-capacity 1`, a client that stalls mid-file holds
+/// the only job slot; a second upload waits for a slot, and after 5 s gets 503 with
+/// `Retry-After` and a JSON error, storing nothing. Once the stalled client goes away the
+/// slot frees and uploads succeed again.
+#[test]
+fn full_queue_answers_503_with_retry_after() {
+    let daemon = Daemon::builder().args(&["--queue-capacity", "1"]).start();
+    let stalled = TestFile::new(MediaKind::Mp4, 200_000, 7);
+    let (content_type, body) = form_of(std::slice::from_ref(&stalled)).finish();
+    let mut holder = daemon.conn();
+    let head = format!(
+        "POST /ingest/media HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\n\
+Content-Length: {}\r\n\r\n",
+        body.len()
+    );
+    holder.write_raw(head.as_bytes()).unwrap();
+    holder.write_raw(&body[..body.len() / 2]).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+
+    let started = std::time::Instant::now();
+    let waiting = TestFile::new(MediaKind::Png, 3000, 8);
+    let response = daemon.upload(std::slice::from_ref(&waiting));
+    let waited = started.elapsed();
+    assert_json_error(&response, 503, None);
+    assert!(
+        response.header("retry-after").is_some(),
+        "503 without Retry-After: {:?}",
+        response.headers
+    );
+    assert!(
+        waited >= std::time::Duration::from_secs(4),
+        "503 came after {waited:?}, before the 5 s slot wait"
+    );
+    assert!(stored_files(&daemon.data_dir).is_empty());
+
+    drop(holder);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let response = daemon.upload(std::slice::from_ref(&waiting));
+        if response.status == 200 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "slot never freed");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(stored_files(&daemon.data_dir).len(), 1);
+}
