@@ -231,8 +231,9 @@ fn errors_are_json() {
 }
 
 /// Back-pressure (SPEC §3): with `--queue-capacity 1`, a client that stalls mid-file holds
-/// the only job slot; a second upload waits for a slot, and after 5 s gets 503 with
-/// `Retry-After` and a JSON error, storing nothing. Once the stalled client goes away the
+/// the only job slot; a second upload (12 MiB, sent whole before its reply is read) waits
+/// for a slot, and after 5 s gets 503 with `Retry-After` and a JSON error — not a reset —
+/// storing nothing. Once the stalled client goes away the
 /// slot frees and uploads succeed again.
 #[test]
 fn full_queue_answers_503_with_retry_after() {
@@ -250,7 +251,9 @@ Content-Length: {}\r\n\r\n",
     std::thread::sleep(std::time::Duration::from_millis(200));
 
     let started = std::time::Instant::now();
-    let waiting = TestFile::new(MediaKind::Png, 3000, 8);
+    // Larger than the socket buffers: the client is still sending when the daemon decides
+    // on 503, and must still read the 503 rather than a connection reset.
+    let waiting = TestFile::new(MediaKind::Png, 12 * 1024 * 1024, 8);
     let response = daemon.upload(std::slice::from_ref(&waiting));
     let waited = started.elapsed();
     assert_json_error(&response, 503, None);
