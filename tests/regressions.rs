@@ -42,3 +42,24 @@ fn concurrent_large_uploads_on_one_core_do_not_deadlock() {
     }
     assert_eq!(stored_files(&daemon.data_dir).len(), 6);
 }
+
+/// Directory cache gone stale: the daemon remembers the directories it created. If an
+/// operator removes a category directory while the daemon runs, the next upload into that
+/// category must recreate it and succeed, not fail until a restart.
+#[test]
+fn removed_category_directory_is_recreated() {
+    let daemon = Daemon::start();
+    let first = TestFile::new(MediaKind::Png, 2000, 31);
+    let form = form_of(std::slice::from_ref(&first)).text("category", "albums");
+    let entry = stored_entries(&daemon.post_multipart(form), 1).remove(0);
+    let stored = daemon.disk_path(entry["path"].as_str().expect("path"));
+    let category_dir = stored.parent().expect("parent").to_path_buf();
+    std::fs::remove_dir_all(&category_dir).expect("remove the category directory");
+
+    let second = TestFile::new(MediaKind::Png, 2100, 32);
+    let form = form_of(std::slice::from_ref(&second)).text("category", "albums");
+    let entry = stored_entries(&daemon.post_multipart(form), 1).remove(0);
+    let stored = daemon.disk_path(entry["path"].as_str().expect("path"));
+    assert_eq!(std::fs::read(&stored).expect("stored file"), second.bytes);
+    assert!(tmp_files(&daemon.data_dir).is_empty());
+}

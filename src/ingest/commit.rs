@@ -13,7 +13,7 @@
 //! it half way.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -218,6 +218,22 @@ async fn commit_now(
     Ok(stored)
 }
 
+/// Renames `tmp` to `target`. When the target's directory has vanished since this process
+/// created it (an operator removed it), creates it again and retries once, instead of
+/// failing every later upload of that category until a restart.
+async fn move_into_place(ctx: &IngestContext, tmp: &Path, target: &Path) -> std::io::Result<()> {
+    match ctx.io.rename(tmp, target).await {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && tmp.exists() => {
+            let parent = target.parent().expect("stored paths have a parent");
+            ctx.store.forget_dir(parent);
+            ctx.io.create_dir_all(parent).await?;
+            ctx.store.remember_dir(parent.to_path_buf());
+            ctx.io.rename(tmp, target).await
+        }
+        other => other,
+    }
+}
+
 /// Renames beyond this many run one after another (bounds ops in flight per request).
 const PLACE_CONCURRENCY_MAX: usize = 16;
 
@@ -251,7 +267,7 @@ async fn place_files(
         .map(|(tmp, target)| async move {
             match target {
                 Some(target) => {
-                    let result = ctx.io.rename(tmp, &target).await;
+                    let result = move_into_place(ctx, tmp, &target).await;
                     (Some(target), result)
                 }
                 None => (None, ctx.io.remove_file(tmp).await),

@@ -122,6 +122,11 @@ impl Store {
         self.known_dirs.contains(dir)
     }
 
+    /// The directory was found missing: the next file placed there creates it again.
+    pub fn forget_dir(&self, dir: &Path) {
+        self.known_dirs.remove(dir);
+    }
+
     pub fn remember_dir(&self, dir: PathBuf) {
         // Bounded in practice by the number of categories in use.
         self.known_dirs.insert(dir);
