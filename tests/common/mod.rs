@@ -5,8 +5,10 @@
 //! The daemon prints `rhinobox: listening on <addr>` on stderr once it serves; the guard
 //! waits for that line (bounded), collects every stdout/stderr line in the background so a
 //! test can assert on the access log, echoes them to the test's output (shown when a test
-//! fails) and kills the process on drop. The io engine comes from
-//! `RHINOBOX_TEST_IO_ENGINE` (default `auto`) so CI runs the suite under each engine.
+//! fails) and kills the process on drop. The io engine follows the test target: every
+//! engine-dependent suite has a twin target `tests/<suite>_threads.rs` that includes it:
+//! `<suite>` runs the daemon with `--io-engine uring`, `<suite>_threads` with `--io-engine
+//! threads`, so one `cargo test --release` covers both engines.
 // Each test binary uses a different subset of these helpers.
 #![allow(dead_code)]
 
@@ -42,9 +44,15 @@ const DAEMON_ENV: &[&str] = &[
     "RHINOBOX_SHUTDOWN_TIMEOUT_S",
 ];
 
-/// The io engine the suite runs under (`RHINOBOX_TEST_IO_ENGINE`, default `auto`).
+/// The io engine this test target runs the daemon under: `threads` for the `*_threads`
+/// twins, `uring` otherwise.
 pub fn io_engine() -> String {
-    std::env::var("RHINOBOX_TEST_IO_ENGINE").unwrap_or_else(|_| "auto".to_string())
+    let engine = if env!("CARGO_CRATE_NAME").ends_with("_threads") {
+        "threads"
+    } else {
+        "uring"
+    };
+    engine.to_string()
 }
 
 /// Path of the daemon binary cargo built for these tests.

@@ -1,0 +1,5 @@
+//! The `limits` suite again, with every daemon on the threads io engine (tests/common picks
+//! the engine from this target's name).
+
+#[path = "limits.rs"]
+mod suite;

@@ -1,0 +1,5 @@
+//! The `regressions` suite again, with every daemon on the threads io engine (tests/common picks
+//! the engine from this target's name).
+
+#[path = "regressions.rs"]
+mod suite;
