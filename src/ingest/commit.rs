@@ -202,11 +202,21 @@ async fn commit_now(
             .files
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
+    // The last occurrence of a new hash takes its record; earlier ones copy it.
+    let mut last_of: HashMap<Hash, usize> = HashMap::with_capacity(first_of.len());
+    for (i, file) in files.iter().enumerate() {
+        last_of.insert(file.hash, i);
+    }
     let mut stored = Vec::with_capacity(files.len());
     for (i, file) in files.iter().enumerate() {
         let first = first_of[&file.hash] == i;
-        let (record, duplicate) = match (new_records.get(&file.hash), existing.get(&file.hash)) {
-            (Some(new), _) => (new.clone(), !first),
+        let new = if last_of[&file.hash] == i {
+            new_records.remove(&file.hash)
+        } else {
+            new_records.get(&file.hash).cloned()
+        };
+        let (record, duplicate) = match (new, existing.get(&file.hash)) {
+            (Some(new), _) => (new, !first),
             (None, Some(old)) => (old.record(), true),
             (None, None) => unreachable!("every hash is either claimed or existing"),
         };

@@ -12,7 +12,6 @@ pub mod access_log;
 pub mod core;
 pub mod router;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
@@ -196,10 +195,10 @@ pub fn run(config: Config) -> Result<i32, StartError> {
     for thread in threads {
         let _ = thread.join();
     }
-    finish(&shared, local_addr)
+    finish(&shared)
 }
 
-fn finish(shared: &Shared, _addr: SocketAddr) -> Result<i32, StartError> {
+fn finish(shared: &Shared) -> Result<i32, StartError> {
     // The cores are stopped: no more access-log lines; write out the queued ones.
     shared.access_log.stop();
     // Final flush: whatever durability mode, leave the journal and data synced on exit.

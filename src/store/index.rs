@@ -19,7 +19,7 @@
 //! never lands on the path the delete is about to unlink.
 
 use std::collections::{BTreeMap, HashMap};
-use std::hash::BuildHasher;
+use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
@@ -34,6 +34,7 @@ pub use super::stored::Hash;
 
 use super::stored::Interner;
 pub use super::stored::StoredFile;
+use crate::ingest::sniff::MEDIA_TYPES;
 
 enum Slot {
     Stored(Arc<StoredFile>),
@@ -59,7 +60,8 @@ pub struct Totals {
 pub struct Index {
     slots: DashMap<Hash, Slot>,
     next_sequence: AtomicU64,
-    totals: Mutex<HashMap<String, Totals>>,
+    /// Files and bytes stored now, per media type, in `MEDIA_TYPES` order.
+    totals: [(AtomicU64, AtomicU64); MEDIA_TYPES.len()],
     /// 64-bit hash of the record path → file hash (8 bytes a file instead of the path).
     by_path: DashMap<u64, Hash>,
     /// Paths whose 64-bit hash collided with another stored path (rare).
@@ -88,21 +90,13 @@ impl Index {
         Index {
             slots: DashMap::with_shard_amount(64),
             next_sequence: AtomicU64::new(1),
-            totals: Mutex::new(HashMap::new()),
+            totals: std::array::from_fn(|_| (AtomicU64::new(0), AtomicU64::new(0))),
             by_path: DashMap::with_shard_amount(64),
             by_path_overflow: Mutex::new(HashMap::new()),
             path_hasher: std::collections::hash_map::RandomState::new(),
             interner: Interner::default(),
             newest: RwLock::new(BTreeMap::new()),
         }
-    }
-
-    pub fn len(&self) -> usize {
-        self.slots.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.slots.is_empty()
     }
 
     /// Looks a hash up; pending claims count as absent.
@@ -133,7 +127,8 @@ impl Index {
 
     /// Turns the caller's claim into a stored file and wakes the waiters.
     pub fn publish(&self, hash: &Hash, record: &FileRecord) -> Arc<StoredFile> {
-        self.insert_stored(hash, record)
+        self.insert(hash, &RecordView::of(record))
+            .expect("records built by the commit always compact")
     }
 
     /// Drops the caller's claim (its request failed) and wakes the waiters.
@@ -146,23 +141,16 @@ impl Index {
         }
     }
 
-    /// Inserts a stored file (publish); returns it.
-    pub fn insert_stored(&self, hash: &Hash, record: &FileRecord) -> Arc<StoredFile> {
-        self.try_insert_stored(hash, record)
-            .expect("records built by the commit always compact")
-    }
-
-    /// Inserts a stored file; `None` (nothing inserted) when the record's hash or time
-    /// does not parse (journal replay skips such a record with a warning).
-    pub fn try_insert_stored(&self, hash: &Hash, record: &FileRecord) -> Option<Arc<StoredFile>> {
-        self.replay_insert(hash, &RecordView::of(record))
-    }
-
-    /// Inserts a stored file from a record borrowed from a journal line; `None` (nothing
-    /// inserted) when its hash or time does not parse.
-    pub fn replay_insert(&self, hash: &Hash, record: &RecordView<'_>) -> Option<Arc<StoredFile>> {
+    /// Inserts a stored file (publish, journal replay); `None`, with nothing inserted, when
+    /// the record's upload time does not parse (replay skips it with a warning).
+    pub fn insert(&self, hash: &Hash, record: &RecordView<'_>) -> Option<Arc<StoredFile>> {
         let sequence = self.next_sequence.fetch_add(1, Ordering::Relaxed);
-        let file = Arc::new(StoredFile::from_view(sequence, record, &self.interner)?);
+        let file = Arc::new(StoredFile::from_view(
+            sequence,
+            *hash,
+            record,
+            &self.interner,
+        )?);
         let previous = self.slots.insert(*hash, Slot::Stored(file.clone()));
         match previous {
             Some(Slot::Pending(gate)) => gate.close(),
@@ -215,7 +203,7 @@ impl Index {
 
     /// Looks a stored file up by its record path (`storage/...`).
     pub fn get_by_path(&self, path: &str) -> Option<Arc<StoredFile>> {
-        let key = self.path_hasher.hash_one(path);
+        let key = self.path_key(&[path]);
         let candidate = self.by_path.get(&key).map(|h| *h);
         if let Some(file) = candidate.and_then(|h| self.get(&h))
             && file.path() == path
@@ -271,11 +259,20 @@ impl Index {
         }
     }
 
+    /// The `by_path` key of a path given in pieces (hashing the pieces equals hashing the
+    /// joined path, so no path string is built per insert).
+    fn path_key(&self, pieces: &[&str]) -> u64 {
+        let mut hasher = self.path_hasher.build_hasher();
+        for piece in pieces {
+            hasher.write(piece.as_bytes());
+        }
+        hasher.finish()
+    }
+
     /// Adds a stored file to the totals and the read views.
     fn link(&self, hash: &Hash, file: &Arc<StoredFile>) {
         self.account(file.media_type(), file.size, true);
-        let path = file.path();
-        let key = self.path_hasher.hash_one(path.as_str());
+        let key = self.path_key(&file.path_pieces());
         let collided = match self.by_path.entry(key) {
             Entry::Vacant(slot) => {
                 slot.insert(*hash);
@@ -283,8 +280,10 @@ impl Index {
             }
             Entry::Occupied(mut slot) => {
                 let owner = *slot.get();
-                let same_path =
-                    owner == *hash || self.get(&owner).is_none_or(|other| other.path() == path);
+                let same_path = owner == *hash
+                    || self
+                        .get(&owner)
+                        .is_none_or(|other| other.path() == file.path());
                 if same_path {
                     slot.insert(*hash);
                 }
@@ -296,7 +295,7 @@ impl Index {
                 .by_path_overflow
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
-            overflow.insert(path, *hash);
+            overflow.insert(file.path(), *hash);
         }
         self.newest
             .write()
@@ -307,13 +306,13 @@ impl Index {
     /// Takes a stored file out of the totals and the read views.
     fn unlink(&self, hash: &Hash, file: &StoredFile) {
         self.account(file.media_type(), file.size, false);
-        let path = file.path();
-        let key = self.path_hasher.hash_one(path.as_str());
+        let key = self.path_key(&file.path_pieces());
         if self
             .by_path
             .remove_if(&key, |_, owner| owner == hash)
             .is_none()
         {
+            let path = file.path();
             let mut overflow = self
                 .by_path_overflow
                 .lock()
@@ -328,74 +327,67 @@ impl Index {
             .remove(&file.sequence);
     }
 
+    /// Adds or removes one file of `size` bytes in the totals of its media type (one of
+    /// `MEDIA_TYPES`: the stored media type is always one of them).
     fn account(&self, media_type: &str, size: u64, add: bool) {
-        let mut totals = self.totals.lock().unwrap_or_else(|p| p.into_inner());
-        if !totals.contains_key(media_type) {
-            totals.insert(media_type.to_string(), Totals::default());
-        }
-        let entry = totals.get_mut(media_type).expect("inserted above");
+        let slot = MEDIA_TYPES
+            .iter()
+            .position(|m| *m == media_type)
+            .unwrap_or(MEDIA_TYPES.len() - 1);
+        let (files, bytes) = &self.totals[slot];
         if add {
-            entry.files += 1;
-            entry.bytes += size;
+            files.fetch_add(1, Ordering::Relaxed);
+            bytes.fetch_add(size, Ordering::Relaxed);
         } else {
-            entry.files = entry.files.saturating_sub(1);
-            entry.bytes = entry.bytes.saturating_sub(size);
+            files.fetch_sub(1, Ordering::Relaxed);
+            bytes.fetch_sub(size, Ordering::Relaxed);
         }
     }
 
     /// Files and bytes stored now, per media type (types with no files left out).
     pub fn totals(&self) -> Vec<(String, Totals)> {
-        let totals = self.totals.lock().unwrap_or_else(|p| p.into_inner());
-        let mut out: Vec<_> = totals
+        let mut out: Vec<_> = MEDIA_TYPES
             .iter()
+            .zip(&self.totals)
+            .map(|(media_type, (files, bytes))| {
+                let totals = Totals {
+                    files: files.load(Ordering::Relaxed),
+                    bytes: bytes.load(Ordering::Relaxed),
+                };
+                (media_type.to_string(), totals)
+            })
             .filter(|(_, t)| t.files > 0)
-            .map(|(k, v)| (k.clone(), *v))
             .collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
-        out
-    }
-
-    /// Every stored file (for listings and search); pending claims are left out.
-    pub fn stored_files(&self) -> Vec<Arc<StoredFile>> {
-        let mut out = Vec::with_capacity(self.slots.len());
-        for slot in self.slots.iter() {
-            if let Slot::Stored(file) = slot.value() {
-                out.push(file.clone());
-            }
-        }
         out
     }
 }
 
 /// Parses 64 lowercase or uppercase hex digits into a hash.
 pub fn parse_hash(hex: &str) -> Option<Hash> {
-    let bytes = hex.as_bytes();
-    if bytes.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, pair) in bytes.chunks(2).enumerate() {
-        let hi = (pair[0] as char).to_digit(16)?;
-        let lo = (pair[1] as char).to_digit(16)?;
-        out[i] = (hi * 16 + lo) as u8;
-    }
-    Some(out)
+    blake3::Hash::from_hex(hex)
+        .ok()
+        .map(|hash| *hash.as_bytes())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn block_on<F: std::future::Future>(future: F) -> F::Output {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("test runtime");
+        runtime.block_on(future)
+    }
+
     /// A second claimer waits for the first and then sees the stored file.
     #[test]
     fn concurrent_claims_resolve_to_one_owner() {
         let index = Arc::new(Index::new());
         let hash = [7u8; 32];
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
+        block_on(async {
             assert!(matches!(index.claim(&hash).await, Claim::Claimed));
             let waiter = {
                 let index = index.clone();
@@ -428,11 +420,7 @@ mod tests {
     fn abandoned_claim_passes_to_waiter() {
         let index = Arc::new(Index::new());
         let hash = [9u8; 32];
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
+        block_on(async {
             assert!(matches!(index.claim(&hash).await, Claim::Claimed));
             let waiter = {
                 let index = index.clone();

@@ -161,8 +161,7 @@ impl Store {
 fn apply(index: &Index, entry: EntryView<'_>) {
     match entry {
         EntryView::Put(record) => {
-            let inserted =
-                parse_hash(&record.hash).and_then(|hash| index.replay_insert(&hash, &record));
+            let inserted = parse_hash(&record.hash).and_then(|hash| index.insert(&hash, &record));
             if inserted.is_none() {
                 eprintln!(
                     "rhinobox: warning: journal record for {:?} has an unreadable hash or time; skipped",

@@ -86,16 +86,18 @@ impl StoredFile {
         record: &FileRecord,
         interner: &Interner,
     ) -> Option<StoredFile> {
-        StoredFile::from_view(sequence, &RecordView::of(record), interner)
+        let hash = super::index::parse_hash(&record.hash)?;
+        StoredFile::from_view(sequence, hash, &RecordView::of(record), interner)
     }
 
-    /// Compacts a record borrowed from a journal line.
+    /// Compacts a record borrowed from a journal line, its hash already parsed; `None`
+    /// when its upload time cannot be read back.
     pub fn from_view(
         sequence: u64,
+        hash: Hash,
         record: &RecordView<'_>,
         interner: &Interner,
     ) -> Option<StoredFile> {
-        let hash = super::index::parse_hash(&record.hash)?;
         let uploaded = humantime::parse_rfc3339_weak(&record.uploaded_at).ok()?;
         let uploaded_at_s = uploaded.duration_since(UNIX_EPOCH).ok()?.as_secs() as i64;
         let prefix_len = "storage/".len() + record.category.len() + 1;
@@ -135,6 +137,15 @@ impl StoredFile {
             original_name: self.original_name.to_string(),
             comment: self.comment.to_string(),
             uploaded_at: self.uploaded_at(),
+        }
+    }
+
+    /// The path in pieces that join to [`StoredFile::path`] (no allocation).
+    pub fn path_pieces(&self) -> [&str; 4] {
+        if self.path_is_full {
+            [&self.path_tail, "", "", ""]
+        } else {
+            ["storage/", &self.category, "/", &self.path_tail]
         }
     }
 

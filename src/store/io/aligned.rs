@@ -45,14 +45,6 @@ impl AlignedBuf {
         let ptr = NonNull::new(raw.cast::<u8>()).expect("mmap never returns null on success");
         AlignedBuf { ptr, len }
     }
-
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
 }
 
 impl Drop for AlignedBuf {
@@ -99,7 +91,7 @@ mod tests {
     #[test]
     fn aligned_and_rounded() {
         let buf = AlignedBuf::new(5000);
-        assert_eq!(buf.len(), 8192);
+        assert_eq!(buf.bytes_total(), 8192);
         assert_eq!(buf.stable_ptr() as usize % ALIGN_BYTES, 0);
     }
 }

@@ -12,7 +12,8 @@
 //!   for hosts where io_uring is blocked.
 //!
 //! Both engines expose the same small surface: create a tmp file and stream bytes into it
-//! ([`TmpWriter`]), rename, remove, create directories, read a range.
+//! ([`TmpWriter`]), rename, remove, create directories. Reads for downloads live in
+//! `api::files`, which streams a file it keeps open.
 
 mod aligned;
 mod threads;
@@ -86,26 +87,6 @@ impl CoreIo {
                 let path = path.to_path_buf();
                 io.pool.run(move || std::fs::create_dir_all(path)).await
             }
-        }
-    }
-
-    /// Reads up to `len` bytes at `offset` of `path` (short only at end of file).
-    pub async fn read_range(&self, path: &Path, offset: u64, len: usize) -> io::Result<Vec<u8>> {
-        match self {
-            CoreIo::Uring(_) => uring::read_range(path, offset, len).await,
-            CoreIo::Threads(io) => {
-                let path = path.to_path_buf();
-                io.pool
-                    .run(move || threads::read_range(&path, offset, len))
-                    .await
-            }
-        }
-    }
-
-    pub fn name(&self) -> &'static str {
-        match self {
-            CoreIo::Uring(_) => "uring",
-            CoreIo::Threads(_) => "threads",
         }
     }
 }

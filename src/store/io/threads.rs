@@ -3,7 +3,7 @@
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::mpsc::{SyncSender, sync_channel};
 
@@ -172,19 +172,4 @@ impl ThreadsWriter {
         }
         Ok(self.offset)
     }
-}
-
-pub fn read_range(path: &Path, offset: u64, len: usize) -> io::Result<Vec<u8>> {
-    let file = File::open(path)?;
-    let mut out = vec![0u8; len];
-    let mut done = 0;
-    while done < len {
-        let n = file.read_at(&mut out[done..], offset + done as u64)?;
-        if n == 0 {
-            break;
-        }
-        done += n;
-    }
-    out.truncate(done);
-    Ok(out)
 }

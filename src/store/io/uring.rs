@@ -8,7 +8,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::rc::Rc;
 
 use tokio::task::JoinHandle;
@@ -221,23 +221,4 @@ async fn close(file: Rc<File>) -> io::Result<()> {
         // Still shared by a finished write task's handle: dropping closes it.
         Err(_) => Ok(()),
     }
-}
-
-/// Reads up to `len` bytes at `offset`.
-pub async fn read_range(path: &Path, offset: u64, len: usize) -> io::Result<Vec<u8>> {
-    let file = File::open(path).await?;
-    let mut out = Vec::with_capacity(len);
-    while out.len() < len {
-        let want = len - out.len();
-        let (result, buf) = file
-            .read_at(Vec::with_capacity(want), offset + out.len() as u64)
-            .await;
-        let n = result?;
-        if n == 0 {
-            break;
-        }
-        out.extend_from_slice(&buf[..n]);
-    }
-    file.close().await?;
-    Ok(out)
 }
