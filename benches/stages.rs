@@ -278,7 +278,7 @@ async fn store_async(io: &CoreIo, dir: &Path, data: &[u8], first: u64) {
         let files = wave.iter().map(|&i| async move {
             let n = first + i;
             let tmp = dir.join(format!(".tmp/{n}.tmp"));
-            let mut writer = io.create_tmp(tmp.clone());
+            let mut writer = io.create_new(tmp.clone());
             writer.write(data).await.expect("create and write");
             writer.finish().await.expect("finish");
             io.rename(&tmp, &dir.join(format!("images/jpg/{n:012x}_f.jpg")))

@@ -130,6 +130,14 @@ pub struct Limits {
     pub body_idle_timeout: Duration,
     /// Longest multipart field value (`category`, `comment`) in bytes.
     pub field_size_bytes_max: usize,
+    /// Bytes of a multipart preamble (before the first boundary) and of its epilogue (after
+    /// the last): clients send none; a body without a boundary fails here, early.
+    pub multipart_preamble_bytes_max: usize,
+    /// Bytes of one part's header block: a part header that never ends is a 400 as soon
+    /// as it passes this, with no more than this (plus one chunk) held.
+    pub part_head_bytes_max: usize,
+    /// Header lines in one part (browsers and curl send two or three).
+    pub part_headers_max: usize,
     /// Longest file name accepted from a client before sanitizing (bytes).
     pub file_name_bytes_max: usize,
     /// Bounded time to drain in-flight requests at shutdown.
@@ -147,6 +155,14 @@ pub struct Limits {
     pub direct_io_bytes_min: u64,
     /// Threads of the blocking I/O pool of the `threads` engine, per core.
     pub io_threads_per_core: usize,
+    /// Longest wait for an io buffer (registered buffer or `threads` permit); then 503.
+    pub io_buffer_wait_max: Duration,
+    /// Longest time a writer keeps an io buffer while its client sends nothing: then the
+    /// buffer is written out and given back, so slow clients cannot pin the pool.
+    pub io_buffer_hold_max: Duration,
+    /// Bytes of small files a core keeps in memory until their commit (no tmp file);
+    /// beyond this, small files go through `.tmp` like large ones.
+    pub memory_files_bytes_per_core_max: usize,
 }
 
 /// The validated configuration the daemon runs with.
@@ -280,6 +296,9 @@ impl Config {
             header_read_timeout: Duration::from_secs(30),
             body_idle_timeout: Duration::from_secs(60),
             field_size_bytes_max: 64 * 1024,
+            multipart_preamble_bytes_max: 16 * 1024,
+            part_head_bytes_max: 16 * 1024,
+            part_headers_max: 16,
             file_name_bytes_max: 4096,
             shutdown_timeout: Duration::from_secs(shutdown_s),
             io_small_buffer_bytes: 64 * 1024,
@@ -288,6 +307,9 @@ impl Config {
             io_large_buffers_per_core: 4,
             direct_io_bytes_min: direct_kb.saturating_mul(1024),
             io_threads_per_core: 16,
+            io_buffer_wait_max: Duration::from_secs(5),
+            io_buffer_hold_max: Duration::from_millis(100),
+            memory_files_bytes_per_core_max: 32 * 1024 * 1024,
         };
         Ok(Config {
             addr,

@@ -56,10 +56,12 @@ impl ApiError {
         ApiError::new(StatusCode::NOT_FOUND, message)
     }
 
-    /// Maps a file-system error: a full disk is 507, anything else 500.
+    /// Maps a file-system error: a full disk is 507, a bounded wait for an io buffer that
+    /// ran out 503 (with Retry-After), anything else 500.
     pub fn storage(context: &str, error: &io::Error) -> ApiError {
         let status = match error.raw_os_error() {
             Some(libc::ENOSPC) | Some(libc::EDQUOT) => StatusCode::INSUFFICIENT_STORAGE,
+            _ if error.kind() == io::ErrorKind::TimedOut => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError::new(status, format!("{context}: {error}"))

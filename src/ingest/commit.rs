@@ -2,14 +2,16 @@
 //!
 //! Order (the Garage block-write protocol, grouped per request):
 //! 1. claim every new hash in ascending order (no cycles between requests);
-//! 2. `batch`: group sync — the tmp files' data is on stable storage;
-//! 3. rename each new file to its final path (directories created once per process);
-//! 4. append every record of the request to the journal in one write;
-//! 5. `batch`: group sync — the renames' directory entries and the journal records;
-//! 6. publish the hashes in the index; duplicates reuse the stored records.
+//! 2. write each new in-memory (small) file straight to its final name, O_EXCL;
+//! 3. `batch`: group sync — the tmp files' and the small files' data is on stable storage;
+//! 4. rename each new tmp file to its final path (directories created once per process);
+//! 5. append every record of the request to the journal in one write;
+//! 6. `batch`: group sync — the renames' directory entries and the journal records;
+//! 7. publish the hashes in the index; duplicates reuse the stored records.
 //!
-//! Any failure in 3–4 removes the renamed files and abandons the claims, so nothing of the
-//! request stays. The commit runs as its own task: a client that disconnects cannot cancel
+//! Any failure in 2–5 removes the files placed and abandons the claims, so nothing of the
+//! request stays. A final name already taken by a file no record names (a stray left by a
+//! crash) makes its small file go through `.tmp` and the rename, which replaces the stray. The commit runs as its own task: a client that disconnects cannot cancel
 //! it half way.
 
 use std::collections::HashMap;
@@ -17,12 +19,13 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use futures_util::StreamExt;
 use serde::ser::{Serialize, SerializeStruct, Serializer};
 
 use super::IngestContext;
 use super::naming::{sanitize, stem_of};
-use super::receive::{ReceivedFile, TmpFiles, wait_written};
+use super::receive::{Content, ReceivedFile, TmpFiles, wait_written};
 use crate::api::errors::ApiError;
 use crate::store::index::{Claim, Hash, StoredFile};
 use crate::store::journal::{FileRecord, JournalEntry, encode_line};
@@ -95,7 +98,7 @@ pub async fn commit(
 ) -> Result<Vec<StoredEntry>, ApiError> {
     // The tmp guard moves into the task: only the task decides what stays on disk.
     let task = tokio::task::spawn_local(async move {
-        let result = commit_now(&ctx, files, &annotations).await;
+        let result = commit_now(&ctx, files, &annotations, &mut tmp_files).await;
         if result.is_ok() {
             tmp_files.disarm();
         }
@@ -141,6 +144,7 @@ async fn commit_now(
     ctx: &IngestContext,
     mut files: Vec<ReceivedFile>,
     annotations: &Annotations,
+    tmp_files: &mut TmpFiles,
 ) -> Result<Vec<StoredEntry>, ApiError> {
     wait_written(&mut files).await?;
     let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
@@ -174,6 +178,15 @@ async fn commit_now(
         new_records.insert(*hash, build_record(file, annotations, hex.as_str(), &now));
     }
 
+    write_small_files(
+        ctx,
+        &mut files,
+        &first_of,
+        &new_records,
+        &mut rollback,
+        tmp_files,
+    )
+    .await?;
     if !new_records.is_empty() {
         ctx.store.make_durable().await;
     }
@@ -228,26 +241,145 @@ async fn commit_now(
     Ok(stored)
 }
 
+/// Creates `dir` unless this process already did.
+async fn ensure_dir(ctx: &IngestContext, dir: &Path) -> Result<(), ApiError> {
+    if !ctx.store.dir_known(dir) {
+        ctx.io
+            .create_dir_all(dir)
+            .await
+            .map_err(|e| ApiError::storage("cannot create directory", &e))?;
+        ctx.store.remember_dir(dir.to_path_buf());
+    }
+    Ok(())
+}
+
 /// Renames `tmp` to `target`. When the target's directory has vanished since this process
 /// created it (an operator removed it), creates it again and retries once, instead of
 /// failing every later upload of that category until a restart.
 async fn move_into_place(ctx: &IngestContext, tmp: &Path, target: &Path) -> std::io::Result<()> {
     match ctx.io.rename(tmp, target).await {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && tmp.exists() => {
-            let parent = target.parent().expect("stored paths have a parent");
-            ctx.store.forget_dir(parent);
-            ctx.io.create_dir_all(parent).await?;
-            ctx.store.remember_dir(parent.to_path_buf());
+            recreate_parent(ctx, target).await?;
             ctx.io.rename(tmp, target).await
         }
         other => other,
     }
 }
 
-/// Renames beyond this many run one after another (bounds ops in flight per request).
+async fn recreate_parent(ctx: &IngestContext, target: &Path) -> std::io::Result<()> {
+    let parent = target.parent().expect("stored paths have a parent");
+    ctx.store.forget_dir(parent);
+    ctx.io.create_dir_all(parent).await?;
+    ctx.store.remember_dir(parent.to_path_buf());
+    Ok(())
+}
+
+/// Writes `chunks` into a new file at `path` (O_EXCL).
+async fn write_new(ctx: &IngestContext, path: &Path, chunks: &[Bytes]) -> std::io::Result<()> {
+    let mut writer = ctx.io.create_new(path.to_path_buf());
+    for chunk in chunks {
+        writer.write(chunk).await?;
+    }
+    writer.finish().await.map(|_| ())
+}
+
+/// [`write_new`] at a final name, recreating a directory that vanished (as the rename does).
+async fn write_final(ctx: &IngestContext, target: &Path, chunks: &[Bytes]) -> std::io::Result<()> {
+    match write_new(ctx, target, chunks).await {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            recreate_parent(ctx, target).await?;
+            write_new(ctx, target, chunks).await
+        }
+        other => other,
+    }
+}
+
+/// Files written or renamed beyond this many run one after another (bounds ops in flight
+/// per request).
 const PLACE_CONCURRENCY_MAX: usize = 16;
 
-/// Renames the first copy of each new hash into place and removes every other tmp file.
+/// The final path of file `i` when it is the first copy of a new hash.
+fn target_of(
+    ctx: &IngestContext,
+    files: &[ReceivedFile],
+    i: usize,
+    first_of: &HashMap<Hash, usize>,
+    new_records: &HashMap<Hash, FileRecord>,
+) -> Option<PathBuf> {
+    let file = &files[i];
+    new_records
+        .get(&file.hash)
+        .filter(|_| first_of[&file.hash] == i)
+        .map(|record| ctx.store.absolute(&record.path))
+}
+
+/// Writes the first copy of each new in-memory hash to its final name. A name already
+/// taken (a stray) sends that file through a tmp file and the rename instead.
+async fn write_small_files(
+    ctx: &IngestContext,
+    files: &mut [ReceivedFile],
+    first_of: &HashMap<Hash, usize>,
+    new_records: &HashMap<Hash, FileRecord>,
+    rollback: &mut Rollback<'_>,
+    tmp_files: &mut TmpFiles,
+) -> Result<(), ApiError> {
+    let mut writes: Vec<(usize, PathBuf)> = Vec::new();
+    for i in 0..files.len() {
+        if !matches!(files[i].content, Content::Memory { .. }) {
+            continue;
+        }
+        if let Some(target) = target_of(ctx, files, i, first_of, new_records) {
+            ensure_dir(ctx, target.parent().expect("stored paths have a parent")).await?;
+            writes.push((i, target));
+        }
+    }
+    if writes.is_empty() {
+        return Ok(());
+    }
+    let shared_files: &[ReceivedFile] = files;
+    let results: Vec<(usize, PathBuf, std::io::Result<()>)> = futures_util::stream::iter(writes)
+        .map(|(i, target)| async move {
+            let Content::Memory { chunks, .. } = &shared_files[i].content else {
+                unreachable!("only in-memory files are written here");
+            };
+            let result = write_final(ctx, &target, chunks).await;
+            (i, target, result)
+        })
+        .buffer_unordered(PLACE_CONCURRENCY_MAX)
+        .collect()
+        .await;
+    let mut first_error = None;
+    let mut taken = Vec::new();
+    for (i, target, result) in results {
+        match result {
+            Ok(()) => rollback.renamed.push(target),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => taken.push(i),
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    if let Some(e) = first_error {
+        return Err(ApiError::storage("cannot write file", &e));
+    }
+    for i in taken {
+        let path = ctx.next_tmp_path();
+        tmp_files.add(path.clone());
+        let Content::Memory { chunks, .. } = &files[i].content else {
+            unreachable!("only in-memory files are written here");
+        };
+        write_new(ctx, &path, chunks)
+            .await
+            .map_err(|e| ApiError::storage("cannot write tmp file", &e))?;
+        files[i].content = Content::Tmp {
+            path,
+            written: None,
+        };
+    }
+    Ok(())
+}
+
+/// Renames the first tmp copy of each new hash into place and removes every other tmp file.
 async fn place_files(
     ctx: &IngestContext,
     files: &[ReceivedFile],
@@ -258,20 +390,14 @@ async fn place_files(
     // (tmp path, final path or None for a tmp file to drop)
     let mut moves: Vec<(&PathBuf, Option<PathBuf>)> = Vec::with_capacity(files.len());
     for (i, file) in files.iter().enumerate() {
-        let record = new_records
-            .get(&file.hash)
-            .filter(|_| first_of[&file.hash] == i);
-        let target = record.map(|r| ctx.store.absolute(&r.path));
-        if let Some(parent) = target.as_ref().and_then(|t| t.parent())
-            && !ctx.store.dir_known(parent)
-        {
-            ctx.io
-                .create_dir_all(parent)
-                .await
-                .map_err(|e| ApiError::storage("cannot create directory", &e))?;
-            ctx.store.remember_dir(parent.to_path_buf());
+        let Content::Tmp { path, .. } = &file.content else {
+            continue;
+        };
+        let target = target_of(ctx, files, i, first_of, new_records);
+        if let Some(parent) = target.as_ref().and_then(|t| t.parent()) {
+            ensure_dir(ctx, parent).await?;
         }
-        moves.push((&file.tmp_path, target));
+        moves.push((path, target));
     }
     let results: Vec<(Option<PathBuf>, std::io::Result<()>)> = futures_util::stream::iter(moves)
         .map(|(tmp, target)| async move {

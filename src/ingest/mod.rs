@@ -1,18 +1,21 @@
 //! Ingest: the request handlers of `POST /ingest/media` and `PUT /ingest/media/{name}`.
 //!
 //! Pipeline, one module per stage, data flowing one way:
-//! [`multipart`] (parts and fields of the body) → [`receive`] (per file: BLAKE3, sniff head,
-//! write to `.tmp` through the core's io engine) → [`sniff`] (MIME and media type) →
-//! [`naming`] (decoded and sanitized names) → [`commit`] (dedup, rename, journal, sync).
+//! [`request`] (the body, bounded in size and idle time) → [`multipart`] (the form's
+//! framing, sans IO) → [`receive`] (per file: BLAKE3, sniff head, memory or `.tmp` through
+//! the core's io engine) → [`sniff`] (MIME and media type) → [`naming`] (decoded and
+//! sanitized names) → [`commit`] (dedup, final names, journal, sync).
 
 pub mod commit;
 pub mod multipart;
 pub mod naming;
 pub mod receive;
+pub mod request;
 pub mod sniff;
 
 use std::cell::Cell;
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use tokio::sync::Semaphore;
@@ -20,6 +23,7 @@ use tokio::sync::Semaphore;
 use crate::config::Limits;
 use crate::store::Store;
 use crate::store::io::CoreIo;
+use receive::{MemoryBudget, Reaper};
 
 /// Per-core counters shown by /stats (written by the core, read by any core).
 #[derive(Default)]
@@ -37,6 +41,10 @@ pub struct IngestContext {
     /// SPEC §3 job slots, shared by all cores: bounds files in flight.
     pub job_slots: Arc<Semaphore>,
     pub stats: Arc<CoreCounters>,
+    /// Small files kept in memory until commit, bounded per core.
+    pub memory_files: Rc<MemoryBudget>,
+    /// Removes the tmp files of failed requests off the core.
+    pub reaper: Reaper,
     tmp_sequence: Cell<u64>,
 }
 
@@ -48,14 +56,17 @@ impl IngestContext {
         limits: Arc<Limits>,
         job_slots: Arc<Semaphore>,
         stats: Arc<CoreCounters>,
+        reaper: Reaper,
     ) -> IngestContext {
         IngestContext {
             core_id,
             store,
             io,
+            memory_files: MemoryBudget::new(limits.memory_files_bytes_per_core_max),
             limits,
             job_slots,
             stats,
+            reaper,
             tmp_sequence: Cell::new(0),
         }
     }

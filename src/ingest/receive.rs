@@ -1,15 +1,35 @@
-//! Receiving one file: chunks → BLAKE3 + sniff head + write into `storage/.tmp/`.
+//! Receiving one file: chunks → BLAKE3 + sniff head → memory or a file in `storage/.tmp/`.
 //!
-//! A file holds one job slot (SPEC §3 back-pressure) from its first byte until its tmp
-//! file is written and closed. The last write and the close run as a task of their own,
-//! so the parser moves on to the next part while the disk work finishes; the commit waits
-//! for every such task first. The request's [`TmpFiles`] guard knows every tmp path before
-//! the file can exist, so a failed or cancelled request leaves nothing in `.tmp`.
+//! A file holds one job slot (SPEC §3 back-pressure) from its first byte until it is in
+//! memory or its tmp file is written and closed.
+//!
+//! Shared resources are held only while bytes flow:
+//! - chunks are first *staged* in memory (the chunks themselves, no copy) until a small
+//!   io buffer's worth has arrived or the file ends; only then is a writer started, and it
+//!   takes an io buffer to copy them into;
+//! - while the writer holds a buffer and the client sends nothing for
+//!   [`Limits::io_buffer_hold_max`], the buffer is written out and given back, and staging
+//!   starts again. A trickling upload therefore holds at most one small buffer's worth of
+//!   its own memory and no io buffer.
+//!
+//! A file that ends while still staged stays in memory (a [`MemoryLease`] on the core's
+//! budget for such files) and is written straight to its final name at commit: a request
+//! of many tiny files costs no tmp file, no rename, and nothing to clean up when it is
+//! refused. When the budget is spent, the file goes through `.tmp` as a large one does.
+//!
+//! The last write and the close of a tmp file run as a task of their own, so the parser
+//! moves on to the next part while the disk work finishes; the commit waits for every such
+//! task first. The request's [`TmpFiles`] guard knows every tmp path before the file can
+//! exist, so a failed or cancelled request leaves nothing in `.tmp`; the removal runs on
+//! the [`Reaper`] thread, never on the core.
+//!
+//! [`Limits::io_buffer_hold_max`]: crate::config::Limits::io_buffer_hold_max
 
 use std::cell::Cell;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
 
 use bytes::Bytes;
 use hyper::StatusCode;
@@ -18,17 +38,31 @@ use tokio::task::JoinHandle;
 use super::IngestContext;
 use super::sniff::{self, Detected, SNIFF_BYTES};
 use crate::api::errors::ApiError;
+use crate::store::io::FileWriter;
 
-/// A file received in full; its tmp file is complete once `written` resolves.
+/// Where a received file's bytes are until the commit places them.
+#[derive(Debug)]
+pub enum Content {
+    /// In memory (a small file): written to its final name at commit.
+    Memory {
+        chunks: Vec<Bytes>,
+        _lease: MemoryLease,
+    },
+    /// In a tmp file, complete once `written` resolves; renamed at commit.
+    Tmp {
+        path: PathBuf,
+        written: Option<JoinHandle<std::io::Result<u64>>>,
+    },
+}
+
+/// A file received in full.
 #[derive(Debug)]
 pub struct ReceivedFile {
-    pub tmp_path: PathBuf,
     pub hash: [u8; 32],
     pub size: u64,
     pub detected: Detected,
     pub original_name: String,
-    /// The task doing the last write and close of the tmp file.
-    pub written: Option<JoinHandle<std::io::Result<u64>>>,
+    pub content: Content,
 }
 
 /// Where a file's bytes come from (a multipart part or a raw request body).
@@ -38,6 +72,94 @@ pub trait ChunkSource {
     async fn next_chunk(&mut self) -> Result<Option<Bytes>, ApiError>;
 }
 
+/// The core's budget for files kept in memory until commit (bytes, per core).
+#[derive(Debug)]
+pub struct MemoryBudget {
+    in_use_bytes: Cell<usize>,
+    max_bytes: usize,
+}
+
+impl MemoryBudget {
+    pub fn new(max_bytes: usize) -> Rc<MemoryBudget> {
+        Rc::new(MemoryBudget {
+            in_use_bytes: Cell::new(0),
+            max_bytes,
+        })
+    }
+
+    /// A lease of `bytes`, or `None` when the budget cannot hold them (never waits).
+    pub fn try_lease(self: &Rc<Self>, bytes: usize) -> Option<MemoryLease> {
+        let in_use = self.in_use_bytes.get();
+        if in_use + bytes > self.max_bytes {
+            return None;
+        }
+        self.in_use_bytes.set(in_use + bytes);
+        Some(MemoryLease {
+            budget: self.clone(),
+            bytes,
+        })
+    }
+
+    pub fn in_use_bytes(&self) -> usize {
+        self.in_use_bytes.get()
+    }
+}
+
+/// Bytes of a [`MemoryBudget`] held by one in-memory file; returned on drop.
+#[derive(Debug)]
+pub struct MemoryLease {
+    budget: Rc<MemoryBudget>,
+    bytes: usize,
+}
+
+impl Drop for MemoryLease {
+    fn drop(&mut self) {
+        let budget = &self.budget;
+        budget
+            .in_use_bytes
+            .set(budget.in_use_bytes.get() - self.bytes);
+    }
+}
+
+/// Removes the files of failed requests on a thread of its own: a refused request of
+/// thousands of parts must not stall the core that served it.
+#[derive(Clone)]
+pub struct Reaper {
+    queue: SyncSender<Vec<PathBuf>>,
+}
+
+/// Batches of paths queued for the reaper at most; a full queue makes the core remove
+/// its own files (back-pressure instead of growth).
+const REAPER_QUEUE_MAX: usize = 256;
+
+impl Reaper {
+    pub fn start() -> std::io::Result<Reaper> {
+        let (queue, batches) = sync_channel::<Vec<PathBuf>>(REAPER_QUEUE_MAX);
+        std::thread::Builder::new()
+            .name("rhinobox-reaper".into())
+            .spawn(move || {
+                for batch in batches {
+                    for path in batch {
+                        let _ = std::fs::remove_file(path);
+                    }
+                }
+            })?;
+        Ok(Reaper { queue })
+    }
+
+    /// Removes `paths` soon (or now, when the reaper is behind).
+    pub fn remove(&self, paths: Vec<PathBuf>) {
+        match self.queue.try_send(paths) {
+            Ok(()) => {}
+            Err(TrySendError::Full(paths)) | Err(TrySendError::Disconnected(paths)) => {
+                for path in paths {
+                    let _ = std::fs::remove_file(path);
+                }
+            }
+        }
+    }
+}
+
 /// Tmp files of one request; removed on drop unless the request committed them.
 ///
 /// A write task still running at drop time sees `cancelled` when it ends and removes its
@@ -45,25 +167,26 @@ pub trait ChunkSource {
 pub struct TmpFiles {
     paths: Vec<PathBuf>,
     cancelled: Rc<Cell<bool>>,
+    reaper: Reaper,
 }
 
 impl TmpFiles {
-    pub fn new() -> TmpFiles {
+    pub fn new(reaper: Reaper) -> TmpFiles {
         TmpFiles {
             paths: Vec::new(),
             cancelled: Rc::new(Cell::new(false)),
+            reaper,
         }
+    }
+
+    /// Registers a tmp path before the file can exist.
+    pub fn add(&mut self, path: PathBuf) {
+        self.paths.push(path);
     }
 
     /// The files were renamed or removed by the commit: nothing left to clean.
     pub fn disarm(&mut self) {
         self.paths.clear();
-    }
-}
-
-impl Default for TmpFiles {
-    fn default() -> Self {
-        Self::new()
     }
 }
 
@@ -73,14 +196,56 @@ impl Drop for TmpFiles {
             return;
         }
         self.cancelled.set(true);
-        // Rare path (failed or cancelled request): a blocking unlink is fine here.
-        for path in &self.paths {
-            let _ = std::fs::remove_file(path);
+        self.reaper.remove(std::mem::take(&mut self.paths));
+    }
+}
+
+/// Chunks waiting for a writer (no io buffer held meanwhile).
+#[derive(Default)]
+struct Staged {
+    chunks: Vec<Bytes>,
+    bytes: usize,
+}
+
+impl Staged {
+    async fn write_into(&mut self, writer: &mut FileWriter) -> std::io::Result<()> {
+        for chunk in self.chunks.drain(..) {
+            writer.write(&chunk).await?;
+        }
+        self.bytes = 0;
+        Ok(())
+    }
+}
+
+/// The next chunk; when it keeps the writer's io buffer waiting longer than the hold
+/// limit, the buffer is written out and given back first.
+async fn next_chunk_releasing(
+    ctx: &IngestContext,
+    source: &mut impl ChunkSource,
+    writer: Option<&mut FileWriter>,
+) -> Result<Option<Bytes>, ApiError> {
+    let Some((writer, taken_at)) =
+        writer.and_then(|w| w.buffer_taken_at().map(|taken_at| (w, taken_at)))
+    else {
+        return source.next_chunk().await;
+    };
+    let deadline = tokio::time::Instant::from_std(taken_at + ctx.limits.io_buffer_hold_max);
+    let next = source.next_chunk();
+    tokio::pin!(next);
+    tokio::select! {
+        biased;
+        chunk = &mut next => chunk,
+        () = tokio::time::sleep_until(deadline) => {
+            writer
+                .release()
+                .await
+                .map_err(|e| ApiError::storage("cannot write tmp file", &e))?;
+            next.await
         }
     }
 }
 
-/// Streams one file into `.tmp`, hashing and sniffing it on the way.
+/// Streams one file in, hashing and sniffing it on the way.
 pub async fn receive_file(
     ctx: &IngestContext,
     source: &mut impl ChunkSource,
@@ -89,49 +254,90 @@ pub async fn receive_file(
     tmp_files: &mut TmpFiles,
 ) -> Result<ReceivedFile, ApiError> {
     let slot = acquire_job_slot(ctx).await?;
-    let tmp_path = ctx.next_tmp_path();
-    tmp_files.paths.push(tmp_path.clone());
-    let mut writer = ctx.io.create_tmp(tmp_path.clone());
+    let write_error = |e: std::io::Error| ApiError::storage("cannot write tmp file", &e);
+    let stage_bytes_max = ctx.limits.io_small_buffer_bytes;
     let mut hasher = blake3::Hasher::new();
     let mut head: Vec<u8> = Vec::new();
     let mut size = 0u64;
-    while let Some(chunk) = source.next_chunk().await? {
+    let mut staged = Staged::default();
+    let mut writer: Option<(PathBuf, FileWriter)> = None;
+    while let Some(chunk) =
+        next_chunk_releasing(ctx, source, writer.as_mut().map(|(_, w)| w)).await?
+    {
         hasher.update(&chunk);
         if head.len() < SNIFF_BYTES {
             let take = (SNIFF_BYTES - head.len()).min(chunk.len());
             head.extend_from_slice(&chunk[..take]);
         }
         size += chunk.len() as u64;
-        writer
-            .write(&chunk)
-            .await
-            .map_err(|e| ApiError::storage("cannot write tmp file", &e))?;
-    }
-    let cancelled = tmp_files.cancelled.clone();
-    let path = tmp_path.clone();
-    let written = tokio::task::spawn_local(async move {
-        let result = writer.finish().await;
-        if cancelled.get() {
-            let _ = std::fs::remove_file(&path);
+        let holds_buffer = writer
+            .as_ref()
+            .is_some_and(|(_, w)| w.buffer_taken_at().is_some());
+        if !holds_buffer && staged.bytes + chunk.len() <= stage_bytes_max {
+            staged.bytes += chunk.len();
+            staged.chunks.push(chunk);
+            continue;
         }
-        drop(slot);
-        result
-    });
+        let (_, w) = writer.get_or_insert_with(|| start_tmp(ctx, tmp_files));
+        staged.write_into(w).await.map_err(write_error)?;
+        w.write(&chunk).await.map_err(write_error)?;
+    }
     let detected = sniff::detect(&head, part_content_type.as_deref(), &original_name);
+    let hash = *hasher.finalize().as_bytes();
+    let lease = match writer {
+        None => ctx.memory_files.try_lease(staged.bytes),
+        Some(_) => None,
+    };
+    let content = match (writer, lease) {
+        (None, Some(lease)) => {
+            drop(slot);
+            Content::Memory {
+                chunks: staged.chunks,
+                _lease: lease,
+            }
+        }
+        (writer, _) => {
+            let (path, mut w) = writer.unwrap_or_else(|| start_tmp(ctx, tmp_files));
+            staged.write_into(&mut w).await.map_err(write_error)?;
+            let cancelled = tmp_files.cancelled.clone();
+            let task_path = path.clone();
+            let written = tokio::task::spawn_local(async move {
+                let result = w.finish().await;
+                if cancelled.get() {
+                    let _ = std::fs::remove_file(&task_path);
+                }
+                drop(slot);
+                result
+            });
+            Content::Tmp {
+                path,
+                written: Some(written),
+            }
+        }
+    };
     Ok(ReceivedFile {
-        tmp_path,
-        hash: *hasher.finalize().as_bytes(),
+        hash,
         size,
         detected,
         original_name,
-        written: Some(written),
+        content,
     })
+}
+
+fn start_tmp(ctx: &IngestContext, tmp_files: &mut TmpFiles) -> (PathBuf, FileWriter) {
+    let path = ctx.next_tmp_path();
+    tmp_files.add(path.clone());
+    let writer = ctx.io.create_new(path.clone());
+    (path, writer)
 }
 
 /// Waits for the tmp files of a request to be complete; checks their sizes.
 pub async fn wait_written(files: &mut [ReceivedFile]) -> Result<(), ApiError> {
     for file in files.iter_mut() {
-        let Some(task) = file.written.take() else {
+        let Content::Tmp { written, .. } = &mut file.content else {
+            continue;
+        };
+        let Some(task) = written.take() else {
             continue;
         };
         let written = task

@@ -104,6 +104,7 @@ async fn run_core(
         Arc::new(shared.config.limits.clone()),
         shared.job_slots.clone(),
         shared.cores[core_id].counters.clone(),
+        shared.reaper.clone(),
     ));
     let tracker = Rc::new(ConnectionTracker {
         live: Cell::new(0),

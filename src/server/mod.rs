@@ -48,6 +48,8 @@ pub struct Shared {
     pub access_log: AccessLog,
     pub shutting_down: AtomicBool,
     pub engine: EngineChoice,
+    /// Removes the tmp files of failed requests off the cores.
+    pub reaper: crate::ingest::receive::Reaper,
 }
 
 impl Shared {
@@ -132,6 +134,8 @@ pub fn run(config: Config) -> Result<i32, StartError> {
         .map_err(|e| StartError(format!("listener: {e}")))?;
     let access_log =
         AccessLog::start().map_err(|e| StartError(format!("access log thread: {e}")))?;
+    let reaper = crate::ingest::receive::Reaper::start()
+        .map_err(|e| StartError(format!("tmp file reaper thread: {e}")))?;
     let workers = config.workers;
     let shared = Arc::new(Shared {
         job_slots: Arc::new(Semaphore::new(config.limits.jobs_in_flight_max)),
@@ -140,6 +144,7 @@ pub fn run(config: Config) -> Result<i32, StartError> {
         access_log,
         shutting_down: AtomicBool::new(false),
         engine,
+        reaper,
         store: Arc::new(store),
         config,
     });

@@ -18,7 +18,7 @@ use crate::api::manage;
 use crate::api::metrics::encode_scalar;
 use crate::ingest::IngestContext;
 use crate::ingest::commit::Annotations;
-use crate::ingest::multipart::{handle_post, handle_put};
+use crate::ingest::request::{handle_post, handle_put};
 
 /// Serves one request and records it in the access log and metrics.
 pub async fn serve(

@@ -11,8 +11,9 @@
 //! - `threads`: the same operations as blocking calls on a bounded per-core thread pool,
 //!   for hosts where io_uring is blocked.
 //!
-//! Both engines expose the same small surface: create a tmp file and stream bytes into it
-//! ([`TmpWriter`]), rename, remove, create directories. Reads for downloads live in
+//! Both engines expose the same small surface: create a new file and stream bytes into it
+//! ([`FileWriter`]), rename, remove, create directories. A writer holds one of the core's
+//! io buffers only while bytes flow: [`FileWriter::release`] gives it back. Reads for downloads live in
 //! `api::files`, which streams a file it keeps open.
 
 mod aligned;
@@ -34,8 +35,8 @@ pub enum CoreIo {
     Threads(threads::ThreadsIo),
 }
 
-/// Creates a tmp file and streams into it; `finish` or `abort` ends it.
-pub enum TmpWriter {
+/// Creates a new file (never replacing one) and streams into it; `finish` ends it.
+pub enum FileWriter {
     Uring(uring::UringWriter),
     Threads(threads::ThreadsWriter),
 }
@@ -51,11 +52,12 @@ impl CoreIo {
         threads::ThreadsIo::new(limits).map(CoreIo::Threads)
     }
 
-    /// A writer for a new tmp file; the file appears on disk with its first write.
-    pub fn create_tmp(&self, path: PathBuf) -> TmpWriter {
+    /// A writer for a new file at `path` (O_EXCL: an existing file is an error); the file
+    /// appears on disk with its first write.
+    pub fn create_new(&self, path: PathBuf) -> FileWriter {
         match self {
-            CoreIo::Uring(io) => TmpWriter::Uring(io.create_tmp(path)),
-            CoreIo::Threads(io) => TmpWriter::Threads(io.create_tmp(path)),
+            CoreIo::Uring(io) => FileWriter::Uring(io.create_new(path)),
+            CoreIo::Threads(io) => FileWriter::Threads(io.create_new(path)),
         }
     }
 
@@ -91,22 +93,48 @@ impl CoreIo {
     }
 }
 
-impl TmpWriter {
-    /// Appends `data` to the file.
+impl FileWriter {
+    /// Appends `data` to the file. Waits at most [`Limits::io_buffer_wait_max`] for an io
+    /// buffer, then fails with [`io::ErrorKind::TimedOut`].
     pub async fn write(&mut self, data: &[u8]) -> io::Result<()> {
         match self {
-            TmpWriter::Uring(w) => w.write(data).await,
-            TmpWriter::Threads(w) => w.write(data).await,
+            FileWriter::Uring(w) => w.write(data).await,
+            FileWriter::Threads(w) => w.write(data).await,
+        }
+    }
+
+    /// When the writer took the io buffer it holds; `None` when it holds none.
+    pub fn buffer_taken_at(&self) -> Option<std::time::Instant> {
+        match self {
+            FileWriter::Uring(w) => w.buffer_taken_at(),
+            FileWriter::Threads(w) => w.buffer_taken_at(),
+        }
+    }
+
+    /// Writes what the held io buffer contains and gives the buffer back (the client
+    /// paused: a connection waiting on the network holds no shared resource).
+    pub async fn release(&mut self) -> io::Result<()> {
+        match self {
+            FileWriter::Uring(w) => w.release().await,
+            FileWriter::Threads(w) => w.release().await,
         }
     }
 
     /// Writes what is buffered, closes the file and returns its size in bytes.
     pub async fn finish(self) -> io::Result<u64> {
         match self {
-            TmpWriter::Uring(w) => w.finish().await,
-            TmpWriter::Threads(w) => w.finish().await,
+            FileWriter::Uring(w) => w.finish().await,
+            FileWriter::Threads(w) => w.finish().await,
         }
     }
+}
+
+/// The error of a bounded wait for an io buffer that ran out (answered with 503).
+pub fn buffer_wait_timed_out(waited: std::time::Duration) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        format!("no io buffer free within {} s", waited.as_secs()),
+    )
 }
 
 /// Probes whether io_uring works here: a ring can be created and a buffer registered.
@@ -125,7 +153,7 @@ pub fn probe_uring(limits: &Limits, probe_dir: &Path) -> Result<(), String> {
         })?;
         // A real file op proves the ring works under this seccomp profile.
         let dir = probe_dir.join(format!("probe-{}", std::process::id()));
-        let mut writer = io.create_tmp(dir.clone());
+        let mut writer = io.create_new(dir.clone());
         writer
             .write(b"probe")
             .await

@@ -1,4 +1,8 @@
 //! The `threads` engine: blocking file I/O on a bounded pool of threads per core.
+//!
+//! A writer's buffer counts against the core's buffer permits only while bytes flow, as
+//! the uring engine's registered buffers do: [`ThreadsWriter::release`] writes it out
+//! and returns the permit when the client pauses, and waiting for a permit is bounded.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -6,9 +10,11 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::mpsc::{SyncSender, sync_channel};
+use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
+use super::buffer_wait_timed_out;
 use crate::config::Limits;
 
 type Job = Box<dyn FnOnce() + Send>;
@@ -78,6 +84,7 @@ pub struct ThreadsIo {
     buffer_bytes: usize,
     /// Bounds the write buffers of a core like the uring engine's registered pool does.
     buffers: Arc<Semaphore>,
+    buffer_wait_max: Duration,
 }
 
 impl ThreadsIo {
@@ -87,18 +94,20 @@ impl ThreadsIo {
             pool,
             buffer_bytes: limits.io_large_buffer_bytes,
             buffers: Arc::new(Semaphore::new(limits.io_small_buffers_per_core)),
+            buffer_wait_max: limits.io_buffer_wait_max,
         })
     }
 
     /// A writer for a new file at `path`; the file is created by the first flush, so a
     /// small file is one pool job (open, write, close).
-    pub fn create_tmp(&self, path: PathBuf) -> ThreadsWriter {
+    pub fn create_new(&self, path: PathBuf) -> ThreadsWriter {
         ThreadsWriter {
             io: self.clone(),
             path: Arc::new(path),
             file: None,
             buffer: Vec::new(),
             buffer_permit: None,
+            taken_at: None,
             offset: 0,
         }
     }
@@ -113,14 +122,20 @@ pub struct ThreadsWriter {
     /// Grows with the file up to `buffer_bytes`, so small files stay small in memory.
     buffer: Vec<u8>,
     buffer_permit: Option<OwnedSemaphorePermit>,
+    /// When `buffer_permit` was taken.
+    taken_at: Option<Instant>,
     offset: u64,
 }
 
 impl ThreadsWriter {
     pub async fn write(&mut self, mut data: &[u8]) -> io::Result<()> {
         if self.buffer_permit.is_none() {
-            let permit = self.io.buffers.clone().acquire_owned().await;
+            let wait = self.io.buffer_wait_max;
+            let permit = tokio::time::timeout(wait, self.io.buffers.clone().acquire_owned())
+                .await
+                .map_err(|_| buffer_wait_timed_out(wait))?;
             self.buffer_permit = Some(permit.map_err(|_| io::Error::other("buffers closed"))?);
+            self.taken_at = Some(Instant::now());
         }
         let cap = self.io.buffer_bytes;
         while !data.is_empty() {
@@ -162,6 +177,26 @@ impl ThreadsWriter {
         self.buffer = buffer;
         self.buffer.clear();
         self.offset += written;
+        Ok(())
+    }
+
+    /// When the buffer permit was taken, if one is held.
+    pub fn buffer_taken_at(&self) -> Option<Instant> {
+        self.taken_at
+    }
+
+    /// Writes what the buffer holds and returns the buffer permit.
+    pub async fn release(&mut self) -> io::Result<()> {
+        if self.buffer_permit.is_none() {
+            return Ok(());
+        }
+        if !self.buffer.is_empty() {
+            self.flush().await?;
+        }
+        // Small files stay small in memory: a slow file does not keep a grown buffer.
+        self.buffer = Vec::new();
+        self.buffer_permit = None;
+        self.taken_at = None;
         Ok(())
     }
 

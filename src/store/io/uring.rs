@@ -4,19 +4,27 @@
 //! that buffer and one close. A file that outgrows it continues in large buffers (1 MiB)
 //! at 4096-aligned offsets; full large buffers of a large file go out with O_DIRECT, two
 //! writes in flight while the next buffer fills. Tails are written through the page cache.
+//!
+//! A buffer is a shared resource of the core: a writer holds one only while bytes flow.
+//! [`UringWriter::release`] writes out what a buffer holds and gives it back (the caller
+//! does so when the client pauses); the file then counts as slow and continues in small
+//! buffers through the page cache, so trickling clients never pin the few large buffers.
+//! Waiting for a buffer is bounded ([`Limits::io_buffer_wait_max`]): a full pool answers
+//! with a `TimedOut` error (503) instead of waiting forever.
 
 use std::collections::VecDeque;
 use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use tokio::task::JoinHandle;
 use tokio_uring::buf::BoundedBuf;
 use tokio_uring::buf::fixed::{FixedBuf, FixedBufPool};
 use tokio_uring::fs::{File, OpenOptions};
 
-use super::AlignedBuf;
+use super::{ALIGN_BYTES, AlignedBuf, buffer_wait_timed_out};
 use crate::config::Limits;
 
 /// Writes of one file in flight at most (besides the buffer being filled).
@@ -28,6 +36,7 @@ pub struct UringIo {
     small_bytes: usize,
     large_bytes: usize,
     direct_bytes_min: u64,
+    buffer_wait_max: Duration,
 }
 
 // Cloning shares the one registered pool of the core.
@@ -38,6 +47,7 @@ impl Clone for UringIo {
             small_bytes: self.small_bytes,
             large_bytes: self.large_bytes,
             direct_bytes_min: self.direct_bytes_min,
+            buffer_wait_max: self.buffer_wait_max,
         }
     }
 }
@@ -55,19 +65,22 @@ impl UringIo {
             small_bytes: limits.io_small_buffer_bytes,
             large_bytes: limits.io_large_buffer_bytes,
             direct_bytes_min: limits.direct_io_bytes_min,
+            buffer_wait_max: limits.io_buffer_wait_max,
         })
     }
 
     /// A writer for a new file at `path`; the file is created with the first write to
     /// disk, so a small file costs one open, one write and one close, all in `finish`.
-    pub fn create_tmp(&self, path: PathBuf) -> UringWriter {
+    pub fn create_new(&self, path: PathBuf) -> UringWriter {
         UringWriter {
             io: self.clone(),
             path,
             buffered: None,
             direct: None,
             direct_unsupported: false,
+            slow: false,
             filling: None,
+            taken_at: None,
             filled: 0,
             offset: 0,
             in_flight: VecDeque::new(),
@@ -88,7 +101,11 @@ pub struct UringWriter {
     buffered: Option<Rc<File>>,
     direct: Option<Rc<File>>,
     direct_unsupported: bool,
+    /// The client paused mid-file once: small buffers and the page cache from then on.
+    slow: bool,
     filling: Option<FixedBuf>,
+    /// When `filling` was checked out.
+    taken_at: Option<Instant>,
     filled: usize,
     /// File offset of the first byte of `filling`.
     offset: u64,
@@ -102,7 +119,11 @@ impl UringWriter {
                 // The first buffer of a file is small, the rest large. Waits when every
                 // buffer of that class on this core is in use: the pool is the bound.
                 let cap = self.next_capacity();
-                self.filling = Some(self.io.pool.next(cap).await);
+                let buffer = tokio::time::timeout(self.io.buffer_wait_max, self.io.pool.next(cap))
+                    .await
+                    .map_err(|_| buffer_wait_timed_out(self.io.buffer_wait_max))?;
+                self.filling = Some(buffer);
+                self.taken_at = Some(Instant::now());
             }
             let buf = self.filling.as_mut().expect("buffer checked out above");
             let cap = buf.len();
@@ -117,8 +138,34 @@ impl UringWriter {
         Ok(())
     }
 
+    /// When the buffer being filled was taken, if one is.
+    pub fn buffer_taken_at(&self) -> Option<Instant> {
+        self.taken_at
+    }
+
+    /// Writes what the buffer being filled holds (through the page cache) and gives the
+    /// buffer back to the pool; the file continues as a slow one.
+    pub async fn release(&mut self) -> io::Result<()> {
+        let Some(buf) = self.filling.take() else {
+            return Ok(());
+        };
+        self.taken_at = None;
+        self.slow = true;
+        if self.filled == 0 {
+            return Ok(());
+        }
+        let buffered = self.buffered_file().await?;
+        let (result, _) = buffered
+            .write_fixed_all_at(buf.slice(..self.filled), self.offset)
+            .await;
+        result?;
+        self.offset += self.filled as u64;
+        self.filled = 0;
+        Ok(())
+    }
+
     fn next_capacity(&self) -> usize {
-        if self.offset == 0 {
+        if self.offset == 0 || self.slow {
             self.io.small_bytes
         } else {
             self.io.large_bytes
@@ -131,6 +178,7 @@ impl UringWriter {
             self.wait_oldest().await?;
         }
         let buf = self.filling.take().expect("a full buffer");
+        self.taken_at = None;
         let file = self.target_for(buf.len()).await?;
         let offset = self.offset;
         self.offset += self.filled as u64;
@@ -168,7 +216,9 @@ impl UringWriter {
     /// O_DIRECT for a full large buffer of a large file, else the page cache.
     async fn target_for(&mut self, buffer_bytes: usize) -> io::Result<Rc<File>> {
         let buffered = self.buffered_file().await?;
+        // O_DIRECT needs an aligned file offset: a slow file's partial writes end that.
         let large = buffer_bytes == self.io.large_bytes
+            && self.offset % ALIGN_BYTES as u64 == 0
             && self.offset + buffer_bytes as u64 >= self.io.direct_bytes_min;
         if !large || self.direct_unsupported {
             return Ok(buffered);
@@ -197,6 +247,7 @@ impl UringWriter {
             self.wait_oldest().await?;
         }
         let buffered = self.buffered_file().await?;
+        self.taken_at = None;
         if let Some(buf) = self.filling.take()
             && self.filled > 0
         {
