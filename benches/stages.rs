@@ -32,6 +32,7 @@ use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_mai
 use rhinobox::client::Multipart;
 use rhinobox::client::payload::{MediaKind, payload};
 use rhinobox::config::{Args, Config, Limits};
+use rhinobox::ingest::multipart::{Event, MultipartLimits, MultipartParser};
 use rhinobox::ingest::sniff::detect;
 use rhinobox::store::index::{Claim, Index};
 use rhinobox::store::io::CoreIo;
@@ -104,6 +105,26 @@ fn multipart(c: &mut Criterion) {
                 }
                 assert_eq!(bytes, 100 * 4096);
             })
+        })
+    });
+    group.bench_function("rhinobox-100x4KiB", |b| {
+        b.iter(|| {
+            let mut parser = MultipartParser::new(boundary.as_bytes(), MultipartLimits::default());
+            let mut bytes = 0usize;
+            let mut fed = false;
+            loop {
+                match parser.next_event().expect("valid body") {
+                    Some(Event::Data(data)) => bytes += data.len(),
+                    Some(Event::Finished) => break,
+                    Some(_) => {}
+                    None if !fed => {
+                        parser.push(black_box(&body));
+                        fed = true;
+                    }
+                    None => parser.end(),
+                }
+            }
+            assert_eq!(bytes, 100 * 4096);
         })
     });
     group.finish();

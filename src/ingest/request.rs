@@ -205,7 +205,7 @@ pub async fn handle_post(
                 ctx.limits.parts_per_request_max
             )));
         }
-        if parts % PARTS_BETWEEN_YIELDS == 0 {
+        if parts.is_multiple_of(PARTS_BETWEEN_YIELDS) {
             tokio::task::yield_now().await;
         }
         let disposition = head

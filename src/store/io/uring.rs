@@ -218,7 +218,7 @@ impl UringWriter {
         let buffered = self.buffered_file().await?;
         // O_DIRECT needs an aligned file offset: a slow file's partial writes end that.
         let large = buffer_bytes == self.io.large_bytes
-            && self.offset % ALIGN_BYTES as u64 == 0
+            && self.offset.is_multiple_of(ALIGN_BYTES as u64)
             && self.offset + buffer_bytes as u64 >= self.io.direct_bytes_min;
         if !large || self.direct_unsupported {
             return Ok(buffered);
