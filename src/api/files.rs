@@ -43,8 +43,8 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use tokio::sync::mpsc;
 
 use crate::api::errors::{ApiError, Body, full_body};
+use crate::api::query::query_param;
 use crate::ingest::IngestContext;
-use crate::server::router::query_param;
 use crate::store::index::{StoredFile, parse_hash};
 use crate::store::io::{BlockingPool, CoreIo};
 

@@ -26,8 +26,8 @@ use serde_json::{Value, json};
 
 use crate::api::errors::{ApiError, Body, json_response};
 use crate::api::files::{check_path, lookup_hash};
+use crate::api::query::query_param;
 use crate::ingest::IngestContext;
-use crate::server::router::query_param;
 use crate::store::Store;
 use crate::store::index::{StoredFile, parse_hash};
 use crate::store::journal::{JournalEntry, encode_line};
@@ -243,44 +243,30 @@ impl SearchFilter {
 }
 
 /// RFC 3339 (`Z` or a numeric offset, fractions allowed) or `YYYY-MM-DD`; a bare date as
-/// the end of a range means the end of that day (inclusive).
+/// the end of a range means the end of that day (inclusive). Parsed by jiff, which
+/// validates every field (no slicing of the input by hand: no panic on any input).
 pub fn parse_time(value: &str, end_of_day: bool) -> Option<SystemTime> {
     let value = value.trim();
-    if value.len() == 10 {
-        let start = humantime::parse_rfc3339(&format!("{value}T00:00:00Z")).ok()?;
+    let is_date = value.len() == 10 && value.bytes().filter(|b| *b == b'-').count() == 2;
+    if is_date {
+        let date: jiff::civil::Date = value.parse().ok()?;
+        let start = date
+            .to_zoned_datetime(jiff::tz::TimeZone::UTC)
+            .ok()?
+            .timestamp();
+        let start = SystemTime::try_from(start).ok()?;
         return Some(if end_of_day {
             start + Duration::from_secs(86_400) - Duration::from_nanos(1)
         } else {
             start
         });
     }
-    if value.len() < 20 || !matches!(value.as_bytes()[10], b'T' | b't') {
+    // RFC 3339 needs the `T` (or `t`) between date and time and a `Z` or numeric offset.
+    if !matches!(value.as_bytes().get(10), Some(b'T' | b't')) {
         return None;
     }
-    let upper = value.to_ascii_uppercase();
-    if let Some(utc) = upper.strip_suffix('Z') {
-        return humantime::parse_rfc3339(&format!("{utc}Z")).ok();
-    }
-    // A numeric offset `+HH:MM` / `-HH:MM`: parse the local time as UTC, then shift.
-    let (local, offset) = upper.split_at(upper.len().checked_sub(6)?);
-    let sign = match offset.as_bytes()[0] {
-        b'+' => 1i64,
-        b'-' => -1i64,
-        _ => return None,
-    };
-    let digits = offset[1..].split_once(':')?;
-    let hours: u64 = digits.0.parse().ok().filter(|h| *h < 24)?;
-    let minutes: u64 = digits.1.parse().ok().filter(|m| *m < 60)?;
-    if digits.0.len() != 2 || digits.1.len() != 2 {
-        return None;
-    }
-    let local = humantime::parse_rfc3339(&format!("{local}Z")).ok()?;
-    let shift = Duration::from_secs(hours * 3600 + minutes * 60);
-    if sign > 0 {
-        local.checked_sub(shift)
-    } else {
-        local.checked_add(shift)
-    }
+    let timestamp: jiff::Timestamp = value.parse().ok()?;
+    SystemTime::try_from(timestamp).ok()
 }
 
 /// `GET /files/search?name=&ext=&media_type=&from=&to=`: newest first, at most
@@ -365,6 +351,10 @@ mod tests {
             "2026-01-15T10:30:00",
             "2026-1-5",
             "",
+            // Once a panic (a byte slice inside a UTF-8 character), issue 7.
+            "2026-01-15T1234567\u{e9}12345",
+            "2026-01-15T10:30:00\u{e9}0:00",
+            "\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}T\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}",
         ] {
             assert_eq!(parse_time(bad, false), None, "{bad:?}");
         }

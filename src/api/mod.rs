@@ -7,3 +7,4 @@ pub mod errors;
 pub mod files;
 pub mod manage;
 pub mod metrics;
+pub mod query;

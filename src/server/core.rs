@@ -17,6 +17,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::{Notify, OwnedSemaphorePermit, mpsc, watch};
 
+use super::parse_errors::{JsonParseErrors, ResponsesInFlight};
 use super::{EngineChoice, Shared, router};
 use crate::ingest::IngestContext;
 use crate::store::io::CoreIo;
@@ -89,6 +90,48 @@ struct ConnectionTracker {
     drained: Notify,
 }
 
+/// One live connection: counted in the per-core figures and the drain tracker, holding
+/// its connection permit. Everything is released on drop, also when the task serving the
+/// connection unwinds from a panic.
+struct LiveConnection {
+    core_id: usize,
+    shared: Arc<Shared>,
+    tracker: Rc<ConnectionTracker>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl LiveConnection {
+    fn new(
+        core_id: usize,
+        shared: Arc<Shared>,
+        tracker: Rc<ConnectionTracker>,
+        permit: OwnedSemaphorePermit,
+    ) -> LiveConnection {
+        tracker.live.set(tracker.live.get() + 1);
+        shared.cores[core_id]
+            .connections
+            .fetch_add(1, Ordering::Relaxed);
+        LiveConnection {
+            core_id,
+            shared,
+            tracker,
+            _permit: permit,
+        }
+    }
+}
+
+impl Drop for LiveConnection {
+    fn drop(&mut self) {
+        self.shared.cores[self.core_id]
+            .connections
+            .fetch_sub(1, Ordering::Relaxed);
+        self.tracker.live.set(self.tracker.live.get() - 1);
+        if self.tracker.live.get() == 0 {
+            self.tracker.drained.notify_waiters();
+        }
+    }
+}
+
 async fn run_core(
     core_id: usize,
     shared: Arc<Shared>,
@@ -116,18 +159,12 @@ async fn run_core(
             handoff = connections.recv() => {
                 let Some((stream, permit)) = handoff else { break };
                 shared.cores[core_id].queue_len.fetch_sub(1, Ordering::Relaxed);
-                tracker.live.set(tracker.live.get() + 1);
-                shared.cores[core_id].connections.fetch_add(1, Ordering::Relaxed);
-                let (shared, ctx, tracker) = (shared.clone(), ctx.clone(), tracker.clone());
+                let guard = LiveConnection::new(core_id, shared.clone(), tracker.clone(), permit);
+                let (shared, ctx) = (shared.clone(), ctx.clone());
                 let shutdown = shutdown.clone();
                 tokio::task::spawn_local(async move {
                     serve_connection(&shared, ctx, stream, shutdown).await;
-                    drop(permit);
-                    shared.cores[core_id].connections.fetch_sub(1, Ordering::Relaxed);
-                    tracker.live.set(tracker.live.get() - 1);
-                    if tracker.live.get() == 0 {
-                        tracker.drained.notify_waiters();
-                    }
+                    drop(guard);
                 });
             }
             _ = shutdown.changed() => break,
@@ -166,16 +203,23 @@ async fn serve_connection(
     };
     let limits = &shared.config.limits;
     let service_shared = shared.clone();
+    let in_flight = ResponsesInFlight::default();
+    let service_in_flight = in_flight.clone();
     let service = service_fn(move |request| {
         let (shared, ctx) = (service_shared.clone(), ctx.clone());
-        async move { Ok::<_, std::convert::Infallible>(router::serve(shared, ctx, request).await) }
+        let guard = service_in_flight.start();
+        async move {
+            let response = router::serve(shared, ctx, request, guard).await;
+            Ok::<_, std::convert::Infallible>(response)
+        }
     });
+    let io = JsonParseErrors::new(TokioIo::new(stream), in_flight, shared.clone());
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(limits.header_size_bytes_max.max(8192))
         .keep_alive(true)
-        .serve_connection(TokioIo::new(stream), service);
+        .serve_connection(io, service);
     tokio::pin!(connection);
     tokio::select! {
         _ = connection.as_mut() => {}

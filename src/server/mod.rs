@@ -10,6 +10,7 @@
 
 pub mod access_log;
 pub mod core;
+pub mod parse_errors;
 pub mod router;
 
 use std::sync::Arc;

@@ -5,17 +5,19 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+use futures_util::FutureExt;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode, header};
-use percent_encoding::percent_decode_str;
 use serde_json::json;
 
 use super::Shared;
+use super::parse_errors::ResponseGuard;
 use crate::api::errors::{ApiError, Body, json_response};
 use crate::api::files::{FileEndpoint, serve_file};
 use crate::api::manage;
 use crate::api::metrics::encode_scalar;
+use crate::api::query::query_param;
 use crate::ingest::IngestContext;
 use crate::ingest::commit::Annotations;
 use crate::ingest::request::{handle_post, handle_put};
@@ -25,13 +27,20 @@ pub async fn serve(
     shared: Arc<Shared>,
     ctx: Rc<IngestContext>,
     request: Request<Incoming>,
+    in_flight: ResponseGuard,
 ) -> Response<Body> {
     let started = Instant::now();
     let method = request.method().clone();
     let path = request.uri().path().to_string();
-    let response = match route(&shared, ctx, request).await {
-        Ok(response) => response,
-        Err(error) => error.into_response(),
+    // A panic is a bug, never a way for input to take the daemon down: it ends this request
+    // with a 500 and closes its connection; every guard it held is dropped on the way.
+    let routed = std::panic::AssertUnwindSafe(route(&shared, ctx, request))
+        .catch_unwind()
+        .await;
+    let response = match routed {
+        Ok(Ok(response)) => response,
+        Ok(Err(error)) => error.into_response(),
+        Err(panic) => panic_response(&method, &path, panic.as_ref()),
     };
     // Logged when hyper drops the body: after the last byte is sent or the client left,
     // so a long download logs its real duration and the bytes actually sent.
@@ -42,8 +51,29 @@ pub async fn serve(
         status: response.status().as_u16(),
         started,
         bytes_sent: 0,
+        _in_flight: in_flight,
     };
     response.map(|inner| LoggedBody { inner, record }.boxed_unsync())
+}
+
+fn panic_response(
+    method: &Method,
+    path: &str,
+    panic: &(dyn std::any::Any + Send),
+) -> Response<Body> {
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    eprintln!("rhinobox: error: handler of {method} {path} panicked: {message}");
+    let mut response =
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response();
+    response.headers_mut().insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("close"),
+    );
+    response
 }
 
 /// One request's access-log line and metrics, written on drop.
@@ -54,6 +84,8 @@ struct RequestRecord {
     status: u16,
     started: Instant,
     bytes_sent: u64,
+    /// Tells the connection's parse-error rewriter that this response is ours.
+    _in_flight: ResponseGuard,
 }
 
 impl Drop for RequestRecord {
@@ -127,19 +159,6 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     blake3::hash(a) == blake3::hash(b)
 }
 
-/// Query parameter `name`, percent-decoded (`+` as space).
-pub fn query_param(request: &Request<Incoming>, name: &str) -> Option<String> {
-    let query = request.uri().query()?;
-    query.split('&').find_map(|pair| {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        (key == name).then(|| {
-            percent_decode_str(&value.replace('+', " "))
-                .decode_utf8_lossy()
-                .into_owned()
-        })
-    })
-}
-
 async fn route(
     shared: &Shared,
     ctx: Rc<IngestContext>,
@@ -168,7 +187,7 @@ async fn route(
         }
         (p, Method::PUT) if p.starts_with("/ingest/media/") => {
             let raw_name = &p["/ingest/media/".len()..];
-            let name = percent_decode_str(raw_name)
+            let name = percent_encoding::percent_decode_str(raw_name)
                 .decode_utf8_lossy()
                 .into_owned();
             let annotations = Annotations {
