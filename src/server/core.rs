@@ -34,54 +34,65 @@ pub fn spawn_core(
     shutdown: watch::Receiver<bool>,
     ready: std::sync::mpsc::Sender<Result<(), String>>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
-    std::thread::Builder::new().name(format!("rhinobox-core-{core_id}")).spawn(move || {
-        if let Some(ids) = core_affinity::get_core_ids()
-            && !ids.is_empty()
-        {
-            core_affinity::set_for_current(ids[core_id % ids.len()]);
-        }
-        match engine {
-            EngineChoice::Uring => {
-                let runtime = match tokio_uring::Runtime::new(&tokio_uring::builder()) {
-                    Ok(runtime) => runtime,
-                    Err(e) => {
-                        let _ = ready.send(Err(format!("core {core_id}: io_uring runtime: {e}")));
-                        return;
-                    }
-                };
-                runtime.block_on(async move {
-                    let limits = shared.config.limits.clone();
-                    match CoreIo::uring(&limits) {
-                        Ok(io) => run_core(core_id, shared, io, connections, shutdown, ready).await,
-                        Err(e) => {
-                            let _ = ready.send(Err(format!(
-                                "core {core_id}: registering io buffers failed: {e} (raise LimitMEMLOCK)"
-                            )));
-                        }
-                    }
-                });
+    std::thread::Builder::new()
+        .name(format!("rhinobox-core-{core_id}"))
+        .spawn(move || {
+            if let Some(ids) = core_affinity::get_core_ids()
+                && !ids.is_empty()
+            {
+                core_affinity::set_for_current(ids[core_id % ids.len()]);
             }
-            EngineChoice::Threads => {
-                let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                    Ok(runtime) => runtime,
-                    Err(e) => {
-                        let _ = ready.send(Err(format!("core {core_id}: runtime: {e}")));
-                        return;
-                    }
-                };
-                let local = tokio::task::LocalSet::new();
-                local.block_on(&runtime, async move {
-                    let limits = shared.config.limits.clone();
-                    match CoreIo::threads(&limits) {
-                        Ok(io) => run_core(core_id, shared, io, connections, shutdown, ready).await,
+            match engine {
+                EngineChoice::Uring => {
+                    let runtime = match tokio_uring::Runtime::new(&tokio_uring::builder()) {
+                        Ok(runtime) => runtime,
                         Err(e) => {
-                            let _ = ready.send(Err(format!("core {core_id}: io threads: {e}")));
+                            let _ =
+                                ready.send(Err(format!("core {core_id}: io_uring runtime: {e}")));
+                            return;
                         }
-                    }
-                });
+                    };
+                    runtime.block_on(async move {
+                        let limits = shared.config.limits.clone();
+                        match CoreIo::uring(&limits) {
+                            Ok(io) => {
+                                run_core(core_id, shared, io, connections, shutdown, ready).await
+                            }
+                            Err(e) => {
+                                let _ = ready.send(Err(format!(
+                                    "core {core_id}: registering {} KiB of io buffers failed: {e}",
+                                    crate::store::io::memlock::pool_bytes(&limits) / 1024
+                                )));
+                            }
+                        }
+                    });
+                }
+                EngineChoice::Threads => {
+                    let runtime = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(runtime) => runtime,
+                        Err(e) => {
+                            let _ = ready.send(Err(format!("core {core_id}: runtime: {e}")));
+                            return;
+                        }
+                    };
+                    let local = tokio::task::LocalSet::new();
+                    local.block_on(&runtime, async move {
+                        let limits = shared.config.limits.clone();
+                        match CoreIo::threads(&limits) {
+                            Ok(io) => {
+                                run_core(core_id, shared, io, connections, shutdown, ready).await
+                            }
+                            Err(e) => {
+                                let _ = ready.send(Err(format!("core {core_id}: io threads: {e}")));
+                            }
+                        }
+                    });
+                }
             }
-        }
-    })
+        })
 }
 
 /// Live connections of this core, and a wake-up when the last one ends.

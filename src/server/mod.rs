@@ -87,30 +87,116 @@ impl Shared {
 #[derive(Debug)]
 pub struct StartError(pub String);
 
-fn choose_engine(config: &Config, probe_dir: &std::path::Path) -> Result<EngineChoice, StartError> {
-    match config.io_engine {
-        IoEngine::Threads => Ok(EngineChoice::Threads),
-        IoEngine::Uring => crate::store::io::probe_uring(&config.limits, probe_dir)
-            .map(|()| EngineChoice::Uring)
-            .map_err(|e| {
-                StartError(format!(
-                    "RHINOBOX_IO_ENGINE/--io-engine: uring requested but unavailable: {e}"
-                ))
-            }),
-        IoEngine::Auto => match crate::store::io::probe_uring(&config.limits, probe_dir) {
-            Ok(()) => Ok(EngineChoice::Uring),
-            Err(e) => {
-                eprintln!(
-                    "rhinobox: warning: io_uring unavailable ({e}); using the threads io engine"
-                );
-                Ok(EngineChoice::Threads)
+/// Chooses the io engine, shrinking the registered buffer pools to fit RLIMIT_MEMLOCK
+/// first (one warning line when they shrink or when `auto` falls back to `threads`).
+fn choose_engine(
+    config: &mut Config,
+    probe_dir: &std::path::Path,
+) -> Result<EngineChoice, StartError> {
+    use crate::store::io::memlock::{self, MemlockLimit, URING_ADVICE};
+    if config.io_engine == IoEngine::Threads {
+        return Ok(EngineChoice::Threads);
+    }
+    let fitted = memlock::fit_pools(
+        &mut config.limits,
+        config.workers,
+        MemlockLimit::of_process(),
+    );
+    let probed = match fitted {
+        Ok(note) => crate::store::io::probe_uring(&config.limits, probe_dir).map(|()| note),
+        Err(why) => Err(why),
+    };
+    match (config.io_engine, probed) {
+        (_, Ok(note)) => {
+            if let Some(note) = note {
+                eprintln!("rhinobox: warning: {note}");
             }
-        },
+            Ok(EngineChoice::Uring)
+        }
+        (IoEngine::Uring, Err(e)) => Err(StartError(format!(
+            "RHINOBOX_IO_ENGINE/--io-engine: uring requested but unavailable: {e}; {URING_ADVICE}"
+        ))),
+        (_, Err(e)) => {
+            eprintln!(
+                "rhinobox: warning: io_uring unusable here ({e}); using the threads io engine \
+                 (for io_uring: {URING_ADVICE})"
+            );
+            Ok(EngineChoice::Threads)
+        }
+    }
+}
+
+/// The running cores: their threads, connection channels and shutdown signal.
+struct Cores {
+    senders: Vec<mpsc::Sender<core::Handoff>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    shutdown: watch::Sender<bool>,
+}
+
+impl Cores {
+    /// Asks every core to drain and stop, and waits for their threads.
+    fn stop(self) {
+        let _ = self.shutdown.send(true);
+        drop(self.senders);
+        for thread in self.threads {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Starts one core per worker and waits until each reports ready; on a failure the cores
+/// already started are stopped again.
+fn start_cores(shared: &Arc<Shared>) -> Result<Cores, String> {
+    let workers = shared.cores.len();
+    let (shutdown_sender, shutdown) = watch::channel(false);
+    let (ready_sender, ready) = std::sync::mpsc::channel();
+    let mut cores = Cores {
+        senders: Vec::with_capacity(workers),
+        threads: Vec::with_capacity(workers),
+        shutdown: shutdown_sender,
+    };
+    for core_id in 0..workers {
+        let (sender, receiver) = mpsc::channel(shared.config.limits.connections_max);
+        cores.senders.push(sender);
+        let thread = core::spawn_core(
+            core_id,
+            shared.clone(),
+            shared.engine,
+            receiver,
+            shutdown.clone(),
+            ready_sender.clone(),
+        );
+        match thread {
+            Ok(thread) => cores.threads.push(thread),
+            Err(e) => {
+                cores.stop();
+                return Err(format!("cannot start core thread: {e}"));
+            }
+        }
+    }
+    let mut failure = None;
+    for _ in 0..workers {
+        match ready.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                failure.get_or_insert(e);
+            }
+            Err(_) => {
+                failure.get_or_insert("a core thread died at start-up".to_string());
+            }
+        }
+    }
+    match failure {
+        None => Ok(cores),
+        Some(e) => {
+            cores.stop();
+            Err(e)
+        }
     }
 }
 
 /// Runs the daemon until a signal; returns the exit code.
-pub fn run(config: Config) -> Result<i32, StartError> {
+pub fn run(mut config: Config) -> Result<i32, StartError> {
     let started = std::time::Instant::now();
     let (store, report) =
         Store::open(&config.data_dir, config.durability).map_err(|e| StartError(e.0))?;
@@ -120,7 +206,7 @@ pub fn run(config: Config) -> Result<i32, StartError> {
             report.torn_tail_bytes
         );
     }
-    let engine = choose_engine(&config, &store.tmp_dir)?;
+    let engine = choose_engine(&mut config, &store.tmp_dir)?;
     let listener = std::net::TcpListener::bind(config.addr).map_err(|e| {
         StartError(format!(
             "RHINOBOX_ADDR/--addr: cannot bind {}: {e}",
@@ -138,7 +224,7 @@ pub fn run(config: Config) -> Result<i32, StartError> {
     let reaper = crate::ingest::receive::Reaper::start()
         .map_err(|e| StartError(format!("tmp file reaper thread: {e}")))?;
     let workers = config.workers;
-    let shared = Arc::new(Shared {
+    let mut shared = Arc::new(Shared {
         job_slots: Arc::new(Semaphore::new(config.limits.jobs_in_flight_max)),
         cores: (0..workers).map(|_| CoreStats::default()).collect(),
         http_metrics: HttpMetrics::new(),
@@ -149,31 +235,37 @@ pub fn run(config: Config) -> Result<i32, StartError> {
         store: Arc::new(store),
         config,
     });
-    let (shutdown_sender, shutdown) = watch::channel(false);
-    let (ready_sender, ready) = std::sync::mpsc::channel();
-    let mut senders = Vec::with_capacity(workers);
-    let mut threads = Vec::with_capacity(workers);
-    for core_id in 0..workers {
-        let (sender, receiver) = mpsc::channel(shared.config.limits.connections_max);
-        senders.push(sender);
-        let thread = core::spawn_core(
-            core_id,
-            shared.clone(),
-            engine,
-            receiver,
-            shutdown.clone(),
-            ready_sender.clone(),
-        )
-        .map_err(|e| StartError(format!("cannot start core thread: {e}")))?;
-        threads.push(thread);
-    }
-    for _ in 0..workers {
-        match ready.recv() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(StartError(e)),
-            Err(_) => return Err(StartError("a core thread died at start-up".into())),
+    let cores = match start_cores(&shared) {
+        Ok(cores) => cores,
+        // A core that could not set up io_uring (the probe ran on one core only): under
+        // `auto`, every core starts again on the threads engine.
+        Err(e)
+            if shared.engine == EngineChoice::Uring
+                && shared.config.io_engine == IoEngine::Auto =>
+        {
+            eprintln!(
+                "rhinobox: warning: {e}; using the threads io engine (for io_uring: {})",
+                crate::store::io::memlock::URING_ADVICE
+            );
+            let Ok(mut unshared) = Arc::try_unwrap(shared) else {
+                return Err(StartError(
+                    "stopped cores still hold the shared state".into(),
+                ));
+            };
+            unshared.engine = EngineChoice::Threads;
+            unshared.cores = (0..workers).map(|_| CoreStats::default()).collect();
+            shared = Arc::new(unshared);
+            start_cores(&shared).map_err(StartError)?
         }
-    }
+        Err(e) if shared.engine == EngineChoice::Uring => {
+            return Err(StartError(format!(
+                "{e}; {}",
+                crate::store::io::memlock::URING_ADVICE
+            )));
+        }
+        Err(e) => return Err(StartError(e)),
+    };
+    let engine = shared.engine;
     eprintln!(
         "rhinobox: ready: {} records replayed, {} tmp files removed, io engine {}, durability {}, {} cores, in {:.0} ms",
         report.records_replayed,
@@ -193,14 +285,11 @@ pub fn run(config: Config) -> Result<i32, StartError> {
         .enable_all()
         .build()
         .map_err(|e| StartError(format!("acceptor runtime: {e}")))?;
-    runtime.block_on(accept_until_signal(&shared, listener, senders))?;
+    runtime.block_on(accept_until_signal(&shared, listener, &cores.senders))?;
 
     notify_systemd("STOPPING=1");
     shared.shutting_down.store(true, Ordering::Relaxed);
-    let _ = shutdown_sender.send(true);
-    for thread in threads {
-        let _ = thread.join();
-    }
+    cores.stop();
     finish(&shared)
 }
 
@@ -226,7 +315,7 @@ fn finish(shared: &Shared) -> Result<i32, StartError> {
 async fn accept_until_signal(
     shared: &Arc<Shared>,
     listener: std::net::TcpListener,
-    senders: Vec<mpsc::Sender<core::Handoff>>,
+    senders: &[mpsc::Sender<core::Handoff>],
 ) -> Result<(), StartError> {
     use tokio::signal::unix::{SignalKind, signal};
     let listener = tokio::net::TcpListener::from_std(listener)

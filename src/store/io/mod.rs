@@ -17,6 +17,7 @@
 //! `api::files`, which streams a file it keeps open.
 
 mod aligned;
+pub mod memlock;
 mod threads;
 mod uring;
 
@@ -142,13 +143,18 @@ pub fn probe_uring(limits: &Limits, probe_dir: &Path) -> Result<(), String> {
     io_uring_probe_ring().map_err(|e| format!("io_uring_setup failed: {e}"))?;
     let rt = tokio_uring::Runtime::new(&tokio_uring::builder())
         .map_err(|e| format!("tokio-uring runtime failed: {e}"))?;
-    let limits = limits.clone();
+    // One small buffer proves registration works; the cores' pools were sized to the
+    // locked-memory limit already, and a ring's pinned pages are released asynchronously
+    // after it closes, so a full-size probe pool would still count when the cores register.
+    let mut limits = limits.clone();
+    limits.io_small_buffers_per_core = 1;
+    limits.io_large_buffers_per_core = 0;
     let probe_dir = probe_dir.to_path_buf();
     rt.block_on(async move {
         let io = uring::UringIo::new(&limits).map_err(|e| {
             format!(
-                "registering {} buffers failed: {e} (raise RLIMIT_MEMLOCK)",
-                limits.io_small_buffers_per_core + limits.io_large_buffers_per_core
+                "registering {} KiB of io buffers failed: {e}",
+                memlock::pool_bytes(&limits) / 1024
             )
         })?;
         // A real file op proves the ring works under this seccomp profile.
