@@ -23,7 +23,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::*;
-use rhinobox::client::{Connection, MediaKind, Multipart, Response};
+use rhinobox::client::{MediaKind, Multipart, Response};
 
 /// How long a normal request may take while hostile clients are connected (issue 7).
 const NORMAL_REPLY_MAX: Duration = Duration::from_secs(3);
@@ -53,8 +53,13 @@ const TRICKLE_INTERVAL: Duration = Duration::from_millis(1000);
 const SLOWLORIS_CONNECTIONS: usize = 200;
 /// Idle connections that send nothing.
 const IDLE_CONNECTIONS: usize = 2000;
+/// A loopback connect takes microseconds; one that takes longer than this had its SYN
+/// dropped (a full listen backlog) and waited for the 1 s retransmission.
+const CONNECT_MAX: Duration = Duration::from_millis(500);
 /// Parts of the flood: one more than the default `--max-parts`.
 const FLOOD_PARTS: usize = 10_001;
+/// Clients sending the flood at the same time.
+const FLOOD_CLIENTS: usize = 2;
 /// How long a daemon may take to exit after SIGTERM when nothing is in flight; far below
 /// the `--shutdown-timeout-s 20` it runs with.
 const PROMPT_EXIT_MAX: Duration = Duration::from_secs(5);
@@ -131,7 +136,35 @@ impl Timed {
     }
 }
 
-/// Sends one request on a fresh connection whose reads and writes give up after `timeout`.
+/// Time left until `deadline`; an error once it has passed.
+fn time_left(deadline: Instant) -> io::Result<Duration> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(io::Error::new(ErrorKind::TimedOut, "deadline passed"));
+    }
+    Ok(left)
+}
+
+/// Writes `bytes` before `deadline`. A write the daemon refuses (it answered early and
+/// closed) ends the writing quietly: the caller reads that answer next.
+fn write_before(stream: &mut TcpStream, bytes: &[u8], deadline: Instant) -> io::Result<()> {
+    let mut sent = 0;
+    while sent < bytes.len() {
+        stream.set_write_timeout(Some(time_left(deadline)?))?;
+        match stream.write(&bytes[sent..]) {
+            Ok(0) => return Ok(()),
+            Ok(n) => sent += n,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                time_left(deadline)?;
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(_) => return Ok(()),
+        }
+    }
+    Ok(())
+}
+
+/// Sends one request on a fresh connection and reads the reply, all within `timeout`.
 fn timed_request(
     addr: SocketAddr,
     method: &str,
@@ -141,10 +174,20 @@ fn timed_request(
     timeout: Duration,
 ) -> Timed {
     let started = Instant::now();
-    let result = Connection::connect(addr).and_then(|mut conn| {
-        conn.set_read_timeout(Some(timeout))?;
-        conn.set_write_timeout(Some(timeout))?;
-        conn.request(method, path, headers, body)
+    let deadline = started + timeout;
+    let mut message = format!("{method} {path} HTTP/1.1\r\nHost: rhinobox\r\n");
+    for (name, value) in headers {
+        message.push_str(&format!("{name}: {value}\r\n"));
+    }
+    if !body.is_empty() || method == "POST" || method == "PUT" {
+        message.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    message.push_str("\r\n");
+    let mut message = message.into_bytes();
+    message.extend_from_slice(body);
+    let result = raw_connect(addr).and_then(|mut stream| {
+        write_before(&mut stream, &message, deadline)?;
+        read_raw_response(&mut stream, deadline)
     });
     Timed {
         result,
@@ -302,14 +345,14 @@ fn journal_records(daemon: &Daemon) -> usize {
         .sum()
 }
 
-/// Checks that nothing was stored: no file under `storage/` but `.tmp` (which must be
-/// empty, bounded wait), `/statistics` files at `files_expected`, journal records at
-/// `records_expected`.
+/// Checks that nothing of a refused request was stored: `storage/.tmp` empty (bounded
+/// wait), every file under `storage/` one that `others` accepts (another client's), and
+/// `/statistics` files and the journal's records counting exactly those.
 fn check_nothing_stored(
     findings: &mut Findings,
     daemon: &Daemon,
-    files_expected: usize,
-    records_expected: usize,
+    others: impl Fn(&Path) -> bool,
+    records_before: usize,
 ) {
     let deadline = Instant::now() + SETTLE_MAX;
     while !tmp_files(&daemon.data_dir).is_empty() && Instant::now() < deadline {
@@ -317,24 +360,28 @@ fn check_nothing_stored(
     }
     let tmp = tmp_files(&daemon.data_dir);
     findings.check(tmp.is_empty(), format!("files left in storage/.tmp: {}", tmp.len()));
-    let stored = stored_files(&daemon.data_dir);
+    let (expected, stored): (Vec<PathBuf>, Vec<PathBuf>) = stored_files(&daemon.data_dir)
+        .into_iter()
+        .partition(|path| others(path));
     findings.check(
-        stored.len() == files_expected,
+        stored.is_empty(),
         format!(
-            "files under storage/: {} (want {files_expected}) {:?}",
+            "files of the refused request under storage/: {} {:?}",
             stored.len(),
             stored.iter().take(3).collect::<Vec<_>>()
         ),
     );
+    let files_expected = expected.len() as u64;
     let statistics = get_bounded(daemon, "/statistics")
         .ok()
         .and_then(|r| r.try_json().ok());
     let files = statistics.as_ref().and_then(|s| s["files"].as_u64());
     findings.check(
-        files == Some(files_expected as u64),
+        files == Some(files_expected),
         format!("/statistics files: {files:?} (want {files_expected})"),
     );
     let records = journal_records(daemon);
+    let records_expected = records_before + expected.len();
     findings.check(
         records == records_expected,
         format!("journal records: {records} (want {records_expected})"),
@@ -364,9 +411,9 @@ fn write_nonblocking(stream: &mut TcpStream, bytes: &[u8]) -> usize {
     sent
 }
 
-/// Reads one HTTP/1.1 response from a raw socket (head bounded to 64 KiB, body to 1 MiB;
-/// framed by Content-Length or by the end of the connection).
-fn read_raw_response(stream: &mut TcpStream) -> io::Result<Response> {
+/// Reads one HTTP/1.1 response from a raw socket before `deadline` (head bounded to
+/// 64 KiB, body to 1 MiB; framed by Content-Length or by the end of the connection).
+fn read_raw_response(stream: &mut TcpStream, deadline: Instant) -> io::Result<Response> {
     const HEAD_BYTES_MAX: usize = 64 * 1024;
     const BODY_BYTES_MAX: u64 = 1024 * 1024;
     let mut data = Vec::new();
@@ -378,6 +425,7 @@ fn read_raw_response(stream: &mut TcpStream) -> io::Result<Response> {
         if data.len() > HEAD_BYTES_MAX {
             return Err(io::Error::new(ErrorKind::InvalidData, "response head too long"));
         }
+        stream.set_read_timeout(Some(time_left(deadline)?))?;
         let n = stream.read(&mut buffer)?;
         if n == 0 {
             return Err(io::Error::new(
@@ -408,6 +456,7 @@ fn read_raw_response(stream: &mut TcpStream) -> io::Result<Response> {
         .and_then(|value| value.parse::<u64>().ok());
     let want = length.unwrap_or(BODY_BYTES_MAX).min(BODY_BYTES_MAX);
     while (response.body.len() as u64) < want {
+        stream.set_read_timeout(Some(time_left(deadline)?))?;
         match stream.read(&mut buffer) {
             Ok(0) => break,
             Ok(n) => response.body.extend_from_slice(&buffer[..n]),
@@ -612,11 +661,14 @@ fn raise_open_files_limit(want: u64) -> u64 {
     limit.rlim_cur
 }
 
-/// 2,000 idle connections (SPEC §3: connections that wait hold nothing others need). How:
-/// open 2,000 connections that send nothing; a normal 4 KiB upload and the download of a
-/// stored file each succeed within 3 s; after the 2,000 close, `/stats` counts no other
-/// live connection within 5 s. The daemon's RSS before, with and after the connections is
-/// printed (issue 7 asks why it levels at ~65 MB; not asserted here).
+/// 2,000 idle connections (SPEC §3: connections that wait hold nothing others need; a wait
+/// for a connection slot is bounded). How: open 2,000 connections one after the other that
+/// send nothing; none may take over 0.5 s to connect (a burst must not overflow the listen
+/// backlog, which drops SYNs and costs each such client a 1 s, 3 s, 7 s... retry); a
+/// normal 4 KiB upload and the download of a stored file each succeed within 3 s; after
+/// the 2,000 close, `/stats` counts no other live connection within 5 s. The daemon's RSS
+/// before, with and after the connections is printed (issue 7 asks why it levels at
+/// ~65 MB; not asserted here).
 #[test]
 fn idle_connections_do_not_block_and_are_released() {
     let _serial = serial();
@@ -630,11 +682,17 @@ fn idle_connections_do_not_block_and_are_released() {
     let opened = Instant::now();
     let mut idle = Vec::with_capacity(IDLE_CONNECTIONS);
     let mut connect_errors = Vec::new();
+    let mut connect_slowest = Duration::ZERO;
+    let mut connects_slow = 0;
     for _ in 0..IDLE_CONNECTIONS {
+        let connecting = Instant::now();
         match raw_connect(daemon.addr) {
             Ok(stream) => idle.push(stream),
             Err(error) => connect_errors.push(error.to_string()),
         }
+        let took = connecting.elapsed();
+        connect_slowest = connect_slowest.max(took);
+        connects_slow += usize::from(took > CONNECT_MAX);
         if connect_errors.len() > 10 {
             break;
         }
@@ -645,6 +703,13 @@ fn idle_connections_do_not_block_and_are_released() {
             "idle connections opened: {} in {:.1?}, errors {connect_errors:?}",
             idle.len(),
             opened.elapsed()
+        ),
+    );
+    findings.check(
+        connects_slow == 0,
+        format!(
+            "connects slower than {CONNECT_MAX:?}: {connects_slow}, slowest {connect_slowest:.2?} \
+(a dropped SYN costs 1 s: the listen backlog overflowed)"
         ),
     );
     let held = wait_connections_at_most(&daemon, u64::MAX, SETTLE_MAX);
@@ -733,9 +798,8 @@ Content-Type: multipart/form-data; boundary=B\r\nContent-Length: {length}\r\n\r\
         }
         sent
     });
-    stream.set_read_timeout(Some(EARLY_REFUSAL_MAX)).unwrap();
     let mut peak_sampled = rss_before;
-    let reply = read_raw_response(&mut stream);
+    let reply = read_raw_response(&mut stream, started + EARLY_REFUSAL_MAX);
     let elapsed = started.elapsed();
     peak_sampled = peak_sampled.max(rss_kib(pid));
     stop.store(true, Ordering::Relaxed);
@@ -891,7 +955,7 @@ Content-Length: {}\r\n\r\n",
         ClientEnd::HalfClose => {
             stream.shutdown(Shutdown::Write).unwrap();
             let started = Instant::now();
-            let reply = read_raw_response(&mut stream);
+            let reply = read_raw_response(&mut stream, started + SETTLE_MAX);
             let outcome = Timed {
                 result: reply,
                 elapsed: started.elapsed(),
@@ -906,7 +970,7 @@ Content-Length: {}\r\n\r\n",
     }
     let left = wait_connections_at_most(&daemon, 0, SETTLE_MAX);
     findings.note(format!("other live connections afterwards: {left:?}"));
-    check_nothing_stored(&mut findings, &daemon, 0, records_before);
+    check_nothing_stored(&mut findings, &daemon, |_| false, records_before);
     findings.finish();
 }
 
@@ -935,11 +999,11 @@ fn terminated_body_cut_short_by_reset_stores_nothing() {
 }
 
 /// The part flood: 10,001 tiny file parts with the default `--max-parts` of 10,000 (SPEC
-/// §3: cheap to refuse, nobody else delayed). How: `--workers 1`, so the flood and the
-/// other client share the core; one client sends the flood while another uploads a 4 KiB
-/// file again and again on fresh connections. The flood gets a 400 JSON error within 3 s;
-/// every upload that overlaps the flood gets 200 within 1 s; afterwards `storage/.tmp` is
-/// empty and only the other client's files are stored.
+/// §3: cheap to refuse, nobody else delayed). How: `--workers 1`, so the floods and the
+/// other client share the core; two clients send the flood at the same time while another
+/// uploads a 4 KiB file again and again on fresh connections. Each flood gets a 400 JSON
+/// error within 3 s; every upload that overlaps the floods gets 200 within 1 s;
+/// afterwards `storage/.tmp` is empty and only the other client's files are stored.
 #[test]
 fn part_flood_is_refused_cheaply_without_delaying_others() {
     let _serial = serial();
@@ -958,8 +1022,8 @@ fn part_flood_is_refused_cheaply_without_delaying_others() {
     let addr = daemon.addr;
     let flood_done = Arc::new(AtomicBool::new(false));
     let done_flag = flood_done.clone();
-    let prober = thread::spawn(move || -> Vec<(Duration, bool, Timed)> {
-        // (start offset, overlapped the flood, outcome); bounded in count and time.
+    let prober = thread::spawn(move || -> Vec<(bool, Timed)> {
+        // (overlapped the flood, outcome); bounded in count and time.
         let started = Instant::now();
         let mut probes = Vec::new();
         let mut after_flood = 0;
@@ -969,36 +1033,46 @@ fn part_flood_is_refused_cheaply_without_delaying_others() {
             }
             let during = !done_flag.load(Ordering::Relaxed);
             let file = TestFile::new(MediaKind::Jpeg, 4096, 7500 + seed);
-            let offset = started.elapsed();
             let outcome = timed_post(addr, &file, SETTLE_MAX);
             let during = during || !done_flag.load(Ordering::Relaxed);
             if !during {
                 after_flood += 1;
             }
-            probes.push((offset, during, outcome));
+            probes.push((during, outcome));
             thread::sleep(Duration::from_millis(20));
         }
         probes
     });
     thread::sleep(Duration::from_millis(100));
-    let headers = [("Content-Type", content_type.as_str())];
-    let flood = timed_request(
-        addr,
-        "POST",
-        "/ingest/media",
-        &headers,
-        &body,
-        Duration::from_secs(30),
-    );
+    let body = Arc::new(body);
+    let floods: Vec<_> = (0..FLOOD_CLIENTS)
+        .map(|_| {
+            let (body, content_type) = (body.clone(), content_type.clone());
+            thread::spawn(move || {
+                let headers = [("Content-Type", content_type.as_str())];
+                let timeout = Duration::from_secs(30);
+                timed_request(addr, "POST", "/ingest/media", &headers, &body, timeout)
+            })
+        })
+        .collect();
+    let floods: Vec<Timed> = floods
+        .into_iter()
+        .map(|flood| flood.join().expect("flood thread"))
+        .collect();
     flood_done.store(true, Ordering::Relaxed);
     let probes = prober.join().expect("prober thread");
 
-    check_json_error(&mut findings, "reply to the flood", &flood, 400);
-    findings.check(
-        flood.result.is_ok() && flood.elapsed <= EARLY_REFUSAL_MAX,
-        format!("flood refused after {:.2?} (want within {EARLY_REFUSAL_MAX:?})", flood.elapsed),
-    );
-    let during: Vec<&Timed> = probes.iter().filter(|p| p.1).map(|p| &p.2).collect();
+    for flood in &floods {
+        check_json_error(&mut findings, "reply to the flood", flood, 400);
+        findings.check(
+            flood.result.is_ok() && flood.elapsed <= EARLY_REFUSAL_MAX,
+            format!(
+                "flood refused after {:.2?} (want within {EARLY_REFUSAL_MAX:?})",
+                flood.elapsed
+            ),
+        );
+    }
+    let during: Vec<&Timed> = probes.iter().filter(|p| p.0).map(|p| &p.1).collect();
     let worst = during.iter().map(|t| t.elapsed).max().unwrap_or_default();
     let all_ok = during.iter().all(|t| t.ok_within(BESIDE_FLOOD_REPLY_MAX));
     let failed: Vec<String> = during
@@ -1015,8 +1089,9 @@ fn part_flood_is_refused_cheaply_without_delaying_others() {
             during.len()
         ),
     );
-    let stored_ok = probes.iter().filter(|p| p.2.status() == Some(200)).count();
-    check_nothing_stored(&mut findings, &daemon, stored_ok, records_before + stored_ok);
+    // The other client's files are the JPEGs; the flood's parts are `p<i>.bin`.
+    let probe_file = |path: &Path| path.extension().is_some_and(|ext| ext == "jpg");
+    check_nothing_stored(&mut findings, &daemon, probe_file, records_before);
     findings.finish();
 }
 
@@ -1024,9 +1099,10 @@ fn part_flood_is_refused_cheaply_without_delaying_others() {
 /// and close) and reads one reply, bounded.
 fn raw_exchange(addr: SocketAddr, request: &[u8]) -> Timed {
     let started = Instant::now();
+    let deadline = started + SETTLE_MAX;
     let result = raw_connect(addr).and_then(|mut stream| {
-        let _ = stream.write_all(request);
-        read_raw_response(&mut stream)
+        write_before(&mut stream, request, deadline)?;
+        read_raw_response(&mut stream, deadline)
     });
     Timed {
         result,
