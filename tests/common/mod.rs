@@ -109,7 +109,8 @@ impl DaemonBuilder {
 
     /// Starts the daemon and waits for its ready line; panics with its log otherwise.
     pub fn start(self) -> Daemon {
-        self.try_start().unwrap_or_else(|message| panic!("{message}"))
+        self.try_start()
+            .unwrap_or_else(|message| panic!("{message}"))
     }
 
     /// Starts the daemon and waits for its ready line; on failure returns what happened
