@@ -8,7 +8,9 @@
 //! fails) and kills the process on drop. The io engine follows the test target: every
 //! engine-dependent suite has a twin target `tests/<suite>_threads.rs` that includes it:
 //! `<suite>` runs the daemon with `--io-engine uring`, `<suite>_threads` with `--io-engine
-//! threads`, so one `cargo test --release` covers both engines.
+//! threads`, so one `cargo test --release` covers both engines. `RHINOBOX_TEST_BIN=PATH`
+//! runs every suite against another daemon binary (an older build, to show that a
+//! regression test fails on it).
 // Each test binary uses a different subset of these helpers.
 #![allow(dead_code)]
 
@@ -55,16 +57,25 @@ pub fn io_engine() -> String {
     engine.to_string()
 }
 
-/// Path of the daemon binary cargo built for these tests.
-pub fn binary() -> &'static str {
-    env!("CARGO_BIN_EXE_rhinobox")
+/// Names a daemon binary to test instead of the one cargo built (another build, e.g. an
+/// older release to show that a regression test fails on it).
+pub const TEST_BIN_ENV: &str = "RHINOBOX_TEST_BIN";
+
+/// Path of the daemon binary under test: `$RHINOBOX_TEST_BIN` when set and not empty, else
+/// the one cargo built for these tests.
+pub fn binary() -> String {
+    match std::env::var(TEST_BIN_ENV) {
+        Ok(path) if !path.is_empty() => path,
+        _ => env!("CARGO_BIN_EXE_rhinobox").to_string(),
+    }
 }
 
-/// What to start: extra flags, environment, data dir.
+/// What to start: extra flags, environment, data dir, and an optional command prefix.
 pub struct DaemonBuilder {
     args: Vec<String>,
     env: Vec<(String, String)>,
     data_dir: Option<PathBuf>,
+    prefix: Vec<String>,
 }
 
 impl DaemonBuilder {
@@ -89,8 +100,22 @@ impl DaemonBuilder {
         self
     }
 
+    /// Runs the daemon through these commands, which must `exec` it in the end so the pid
+    /// stays the daemon's (`setpriv ...`, `prlimit ...`): `prefix... rhinobox flags...`.
+    pub fn prefix(mut self, prefix: &[&str]) -> Self {
+        self.prefix = prefix.iter().map(|word| word.to_string()).collect();
+        self
+    }
+
     /// Starts the daemon and waits for its ready line; panics with its log otherwise.
     pub fn start(self) -> Daemon {
+        self.try_start()
+            .unwrap_or_else(|message| panic!("{message}"))
+    }
+
+    /// Starts the daemon and waits for its ready line; on failure returns what happened
+    /// with the daemon's log, for a test that goes on to check more cases.
+    pub fn try_start(self) -> Result<Daemon, String> {
         let (temp, data_dir) = match self.data_dir {
             Some(dir) => (None, dir),
             None => {
@@ -109,11 +134,12 @@ impl DaemonBuilder {
             _temp: temp,
             args: self.args,
             env: self.env,
+            prefix: self.prefix,
             log: Arc::new(Mutex::new(Vec::new())),
             run_log_start: 0,
         };
-        daemon.spawn_and_wait_ready();
-        daemon
+        daemon.try_spawn_and_wait_ready()?;
+        Ok(daemon)
     }
 }
 
@@ -125,6 +151,7 @@ pub struct Daemon {
     _temp: Option<TempDir>,
     args: Vec<String>,
     env: Vec<(String, String)>,
+    prefix: Vec<String>,
     log: Arc<Mutex<Vec<String>>>,
     run_log_start: usize,
 }
@@ -135,6 +162,7 @@ impl Daemon {
             args: Vec::new(),
             env: Vec::new(),
             data_dir: None,
+            prefix: Vec::new(),
         }
     }
 
@@ -144,7 +172,14 @@ impl Daemon {
     }
 
     fn command(&self) -> Command {
-        let mut command = Command::new(binary());
+        let mut command = match self.prefix.split_first() {
+            Some((program, rest)) => {
+                let mut command = Command::new(program);
+                command.args(rest).arg(binary());
+                command
+            }
+            None => Command::new(binary()),
+        };
         for name in DAEMON_ENV {
             command.env_remove(name);
         }
@@ -172,8 +207,16 @@ impl Daemon {
     }
 
     fn spawn_and_wait_ready(&mut self) {
+        self.try_spawn_and_wait_ready()
+            .unwrap_or_else(|message| panic!("{message}"));
+    }
+
+    fn try_spawn_and_wait_ready(&mut self) -> Result<(), String> {
         self.run_log_start = self.log.lock().unwrap().len();
-        let mut child = self.command().spawn().expect("spawn the rhinobox binary");
+        let mut child = self
+            .command()
+            .spawn()
+            .map_err(|e| format!("cannot spawn the rhinobox binary {}: {e}", binary()))?;
         collect_lines(child.stdout.take().unwrap(), "stdout", self.log.clone());
         collect_lines(child.stderr.take().unwrap(), "stderr", self.log.clone());
         self.child = Some(child);
@@ -181,20 +224,21 @@ impl Daemon {
         loop {
             if let Some(addr) = self.ready_addr() {
                 self.addr = addr;
-                return;
+                return Ok(());
             }
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                self.child = None;
                 thread::sleep(Duration::from_millis(100)); // let the log threads finish
-                panic!(
+                return Err(format!(
                     "daemon exited with {status} before ready; log:\n{}",
                     self.log_text()
-                );
+                ));
             }
             if Instant::now() > deadline {
-                panic!(
+                return Err(format!(
                     "daemon not ready after {READY_TIMEOUT:?}; log:\n{}",
                     self.log_text()
-                );
+                ));
             }
             thread::sleep(Duration::from_millis(10));
         }
@@ -271,6 +315,25 @@ impl Daemon {
         let mut child = self.child.take().expect("daemon running");
         child.kill().unwrap();
         child.wait().unwrap();
+    }
+
+    /// Waits for the daemon to exit; None (after killing it) when it is still running
+    /// after `timeout`.
+    pub fn try_wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let mut child = self.child.take().expect("daemon running");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                thread::sleep(Duration::from_millis(100)); // let the log threads finish
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                child.kill().ok();
+                child.wait().ok();
+                return None;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Waits for the daemon to exit; panics (after killing it) when it does not.

@@ -1,0 +1,5 @@
+//! The `hostile` suite again, with every daemon on the threads io engine (tests/common picks
+//! the engine from this target's name).
+
+#[path = "hostile.rs"]
+mod suite;
