@@ -216,6 +216,8 @@ pub fn run(mut config: Config) -> Result<i32, StartError> {
     listener
         .set_nonblocking(true)
         .map_err(|e| StartError(format!("listener: {e}")))?;
+    set_listen_backlog(&listener, config.limits.connections_max);
+    raise_open_file_limit(config.limits.connections_max);
     let local_addr = listener
         .local_addr()
         .map_err(|e| StartError(format!("listener: {e}")))?;
@@ -359,6 +361,66 @@ async fn accept_until_signal(
     }
     eprintln!("rhinobox: signal received; draining in-flight requests");
     Ok(())
+}
+
+/// Sizes the listen queue to the connection limit (std listens with a backlog of 128: a
+/// burst of connects beyond it loses SYNs, and those clients wait 1 s, then 3 s, for the
+/// retransmit). The kernel caps it at `net.core.somaxconn`; a lower cap is said once.
+fn set_listen_backlog(listener: &std::net::TcpListener, connections_max: usize) {
+    use std::os::fd::AsRawFd;
+    let backlog = connections_max.clamp(128, 65_535) as i32;
+    // SAFETY: listen(2) on a socket we own, already listening: Linux only updates its
+    // backlog. No memory is passed.
+    let rc = unsafe { libc::listen(listener.as_raw_fd(), backlog) };
+    if rc != 0 {
+        eprintln!(
+            "rhinobox: warning: cannot raise the listen backlog to {backlog}: {}",
+            std::io::Error::last_os_error()
+        );
+        return;
+    }
+    let somaxconn = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|v| v.trim().parse::<i32>().ok());
+    if let Some(cap) = somaxconn.filter(|cap| *cap < backlog) {
+        eprintln!(
+            "rhinobox: warning: net.core.somaxconn = {cap} caps the listen backlog below \
+             {backlog}; bursts of new connections may wait for SYN retransmits (raise it with \
+             sysctl)"
+        );
+    }
+}
+
+/// File descriptors kept for files, the journal and the rings besides connections.
+const FILE_DESCRIPTORS_RESERVE: u64 = 1024;
+
+/// Raises the soft open-file limit to the hard one, and says once when the connection
+/// limit cannot be reached with it (accept then fails with EMFILE and backs off).
+fn raise_open_file_limit(connections_max: usize) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write one rlimit struct we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+            let _ = libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+        }
+    }
+    let needed = connections_max as u64 + FILE_DESCRIPTORS_RESERVE;
+    if limit.rlim_cur != libc::RLIM_INFINITY && limit.rlim_cur < needed {
+        eprintln!(
+            "rhinobox: warning: the open-file limit ({}) is below --max-connections {} plus \
+             {FILE_DESCRIPTORS_RESERVE} for files; raise it (`ulimit -n`, LimitNOFILE= in a \
+             systemd unit) or lower RHINOBOX_MAX_CONNECTIONS",
+            limit.rlim_cur, connections_max
+        );
+    }
 }
 
 /// Sends a state line to systemd when run with Type=notify (no-op otherwise).
