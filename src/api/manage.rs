@@ -27,6 +27,7 @@ use serde_json::{Value, json};
 use crate::api::errors::{ApiError, Body, json_response};
 use crate::api::files::{check_path, lookup_hash};
 use crate::api::query::query_param;
+use crate::api::scans::{ScanPool, contains_ignore_case};
 use crate::ingest::IngestContext;
 use crate::store::Store;
 use crate::store::index::{StoredFile, parse_hash};
@@ -154,30 +155,37 @@ pub fn category_matches(category: &str, prefix: &str) -> bool {
         .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
-/// `GET /files?media_type=&category=&page=&limit=`: newest first, one page.
-pub fn list(store: &Store, request: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
+/// `GET /files?media_type=&category=&page=&limit=`: newest first, one page. The pass over
+/// the index and the JSON run on a scan thread (`api::scans`).
+pub async fn list(
+    store: Arc<Store>,
+    scans: &ScanPool,
+    request: &Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
     let page = positive_param(request, "page", 1)?;
     let limit = positive_param(request, "limit", LIST_LIMIT_DEFAULT)?.min(LIST_LIMIT_MAX);
     let media_type = filter_param(request, "media_type");
     let category =
         filter_param(request, "category").map(|c| c.trim_matches('/').to_ascii_lowercase());
     let offset = (page - 1).saturating_mul(limit);
-    let result = if media_type.is_none() && category.is_none() {
-        store.index.page_all_newest_first(offset, limit)
-    } else {
-        let keep = |file: &StoredFile| {
-            media_type.as_deref().is_none_or(|m| file.media_type() == m)
-                && category
-                    .as_deref()
-                    .is_none_or(|c| category_matches(file.category(), c))
-        };
-        store.index.page_newest_first(keep, offset, limit)
-    };
-    let files: Vec<Value> = result.files.iter().map(|f| record_json(f)).collect();
-    Ok(json_response(
-        StatusCode::OK,
-        &json!({"files": files, "page": page, "limit": limit, "total": result.total}),
-    ))
+    let body = scans
+        .run(move || {
+            let result = if media_type.is_none() && category.is_none() {
+                store.index.page_all_newest_first(offset, limit)
+            } else {
+                let keep = |file: &StoredFile| {
+                    media_type.as_deref().is_none_or(|m| file.media_type() == m)
+                        && category
+                            .as_deref()
+                            .is_none_or(|c| category_matches(file.category(), c))
+                };
+                store.index.page_newest_first(keep, offset, limit)
+            };
+            let files: Vec<Value> = result.files.iter().map(|f| record_json(f)).collect();
+            json!({"files": files, "page": page, "limit": limit, "total": result.total})
+        })
+        .await?;
+    Ok(json_response(StatusCode::OK, &body))
 }
 
 /// The filters of a search, parsed.
@@ -226,7 +234,7 @@ impl SearchFilter {
             return false;
         }
         if let Some(name) = &self.name
-            && !file.original_name().to_lowercase().contains(name.as_str())
+            && !contains_ignore_case(file.original_name(), name)
         {
             return false;
         }
@@ -270,18 +278,25 @@ pub fn parse_time(value: &str, end_of_day: bool) -> Option<SystemTime> {
 }
 
 /// `GET /files/search?name=&ext=&media_type=&from=&to=`: newest first, at most
-/// [`LIST_LIMIT_MAX`] files (or `limit`), and the total number of matches.
-pub fn search(store: &Store, request: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
+/// [`LIST_LIMIT_MAX`] files (or `limit`), and the total number of matches. Runs on a scan
+/// thread (`api::scans`).
+pub async fn search(
+    store: Arc<Store>,
+    scans: &ScanPool,
+    request: &Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
     let filter = SearchFilter::parse(request)?;
     let limit = positive_param(request, "limit", LIST_LIMIT_MAX)?.min(LIST_LIMIT_MAX);
-    let result = store
-        .index
-        .page_newest_first(|file| filter.matches(file), 0, limit);
-    let files: Vec<Value> = result.files.iter().map(|f| record_json(f)).collect();
-    Ok(json_response(
-        StatusCode::OK,
-        &json!({"files": files, "total": result.total}),
-    ))
+    let body = scans
+        .run(move || {
+            let result = store
+                .index
+                .page_newest_first(|file| filter.matches(file), 0, limit);
+            let files: Vec<Value> = result.files.iter().map(|f| record_json(f)).collect();
+            json!({"files": files, "total": result.total})
+        })
+        .await?;
+    Ok(json_response(StatusCode::OK, &body))
 }
 
 /// `GET /statistics`: what is stored now, and duplicates since start-up.

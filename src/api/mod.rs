@@ -8,3 +8,4 @@ pub mod files;
 pub mod manage;
 pub mod metrics;
 pub mod query;
+pub mod scans;

@@ -51,6 +51,8 @@ pub struct Shared {
     pub engine: EngineChoice,
     /// Removes the tmp files of failed requests off the cores.
     pub reaper: crate::ingest::receive::Reaper,
+    /// Runs listings and searches off the cores.
+    pub scans: crate::api::scans::ScanPool,
 }
 
 impl Shared {
@@ -225,6 +227,9 @@ pub fn run(mut config: Config) -> Result<i32, StartError> {
         AccessLog::start().map_err(|e| StartError(format!("access log thread: {e}")))?;
     let reaper = crate::ingest::receive::Reaper::start()
         .map_err(|e| StartError(format!("tmp file reaper thread: {e}")))?;
+    // One scan thread per two cores: scans are background work next to ingest.
+    let scans = crate::api::scans::ScanPool::start(config.workers.div_ceil(2))
+        .map_err(|e| StartError(format!("scan thread: {e}")))?;
     let workers = config.workers;
     let mut shared = Arc::new(Shared {
         job_slots: Arc::new(Semaphore::new(config.limits.jobs_in_flight_max)),
@@ -234,6 +239,7 @@ pub fn run(mut config: Config) -> Result<i32, StartError> {
         shutting_down: AtomicBool::new(false),
         engine,
         reaper,
+        scans,
         store: Arc::new(store),
         config,
     });

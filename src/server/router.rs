@@ -204,8 +204,12 @@ async fn route(
             serve_file(&ctx, &request, FileEndpoint::Stream).await
         }
         ("/files/metadata", Method::GET) => manage::metadata(&ctx, &request),
-        ("/files/search", Method::GET) => manage::search(&shared.store, &request),
-        ("/files", Method::GET) => manage::list(&shared.store, &request),
+        ("/files/search", Method::GET) => {
+            manage::search(shared.store.clone(), &shared.scans, &request).await
+        }
+        ("/files", Method::GET) => {
+            manage::list(shared.store.clone(), &shared.scans, &request).await
+        }
         ("/statistics", Method::GET) => Ok(manage::statistics(&shared.store)),
         ("/files/download" | "/files/stream", _) => Ok(method_not_allowed("GET, HEAD")),
         ("/files/metadata" | "/files/search" | "/files" | "/statistics", _) => {

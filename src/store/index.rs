@@ -11,23 +11,25 @@
 //! Beside the hash map the index keeps two views for the read API, updated with every
 //! insert and removal so that no request walks the disk or sorts the whole index:
 //! - `by_path`: record path → hash, for `?path=` lookups;
-//! - `newest`: journal sequence → file, ordered, so a listing page is read newest first
-//!   by skipping `offset` entries instead of sorting everything per request.
+//! - `newest`: the [`Chronicle`], every file in journal order, read newest first without
+//!   sorting per request and without a lock across the pass (writers never wait for a
+//!   scan longer than one segment).
 //!
 //! A delete turns `Stored` into `Pending` first ([`Index::begin_delete`]): an upload of the
 //! same content waits until the file is gone from disk and the delete is journaled, so it
 //! never lands on the path the delete is about to unlink.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, RwLock};
 
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 use tokio::sync::Semaphore;
 
+use super::chronicle::Chronicle;
 use super::journal::{FileRecord, RecordView};
 
 pub use super::stored::Hash;
@@ -68,8 +70,8 @@ pub struct Index {
     by_path_overflow: Mutex<HashMap<String, Hash>>,
     path_hasher: std::collections::hash_map::RandomState,
     interner: Interner,
-    /// Every stored file by journal sequence; iterated in reverse for newest first.
-    newest: RwLock<BTreeMap<u64, Arc<StoredFile>>>,
+    /// Every stored file by journal sequence, read newest first.
+    newest: Chronicle,
 }
 
 /// One page of a filtered newest-first listing.
@@ -95,7 +97,7 @@ impl Index {
             by_path_overflow: Mutex::new(HashMap::new()),
             path_hasher: std::collections::hash_map::RandomState::new(),
             interner: Interner::default(),
-            newest: RwLock::new(BTreeMap::new()),
+            newest: Chronicle::default(),
         }
     }
 
@@ -220,43 +222,53 @@ impl Index {
     }
 
     /// Newest first: the files matching `keep`, skipping `offset` of them, at most `limit`,
-    /// and how many match in all. The ordered view is read-locked for one pass; the
-    /// filter must be cheap and must not block.
+    /// and how many match in all. One pass over the index, never under a lock that ingest
+    /// waits for longer than one segment; `keep` must be cheap and must not block.
     pub fn page_newest_first(
         &self,
         keep: impl Fn(&StoredFile) -> bool,
         offset: usize,
         limit: usize,
     ) -> Page {
-        let newest = self.newest.read().unwrap_or_else(|p| p.into_inner());
-        let mut files = Vec::with_capacity(limit.min(newest.len()));
+        let mut files = Vec::with_capacity(limit.min(1024));
         let mut total = 0usize;
-        for file in newest.values().rev() {
-            if !keep(file) {
-                continue;
+        self.newest.newest_first(0, |file| {
+            if keep(file) {
+                if total >= offset && files.len() < limit {
+                    files.push(file.clone());
+                }
+                total += 1;
             }
-            if total >= offset && files.len() < limit {
-                files.push(file.clone());
-            }
-            total += 1;
-        }
+            true
+        });
         Page { files, total }
     }
 
     /// Newest first, without a filter: no pass over the files that are not shown.
     pub fn page_all_newest_first(&self, offset: usize, limit: usize) -> Page {
-        let newest = self.newest.read().unwrap_or_else(|p| p.into_inner());
-        let files = newest
-            .values()
-            .rev()
-            .skip(offset)
-            .take(limit)
-            .cloned()
-            .collect();
+        let mut files = Vec::with_capacity(limit.min(1024));
+        if limit > 0 {
+            self.newest.newest_first(offset, |file| {
+                files.push(file.clone());
+                files.len() < limit
+            });
+        }
         Page {
             files,
-            total: newest.len(),
+            total: self.len(),
         }
+    }
+
+    /// Files stored now.
+    pub fn len(&self) -> usize {
+        self.totals
+            .iter()
+            .map(|(files, _)| files.load(Ordering::Relaxed) as usize)
+            .sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// The `by_path` key of a path given in pieces (hashing the pieces equals hashing the
@@ -297,10 +309,7 @@ impl Index {
                 .unwrap_or_else(|p| p.into_inner());
             overflow.insert(file.path(), *hash);
         }
-        self.newest
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(file.sequence, file.clone());
+        self.newest.insert(file);
     }
 
     /// Takes a stored file out of the totals and the read views.
@@ -321,10 +330,7 @@ impl Index {
                 overflow.remove(&path);
             }
         }
-        self.newest
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&file.sequence);
+        self.newest.remove(file.sequence);
     }
 
     /// Adds or removes one file of `size` bytes in the totals of its media type (one of

@@ -10,6 +10,7 @@
 //! [`Store::open`] takes the data dir lock, empties `.tmp`, replays the journal into the
 //! index and starts the group-commit thread. Everything here is shared by all cores.
 
+pub mod chronicle;
 pub mod durability;
 pub mod index;
 pub mod io;
