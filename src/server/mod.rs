@@ -53,6 +53,8 @@ pub struct Shared {
     pub reaper: crate::ingest::receive::Reaper,
     /// Runs listings and searches off the cores.
     pub scans: crate::api::scans::ScanPool,
+    /// Connections accepted since start (the memory trimmer's clock).
+    pub connections_accepted_total: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
@@ -240,6 +242,7 @@ pub fn run(mut config: Config) -> Result<i32, StartError> {
         engine,
         reaper,
         scans,
+        connections_accepted_total: std::sync::atomic::AtomicU64::new(0),
         store: Arc::new(store),
         config,
     });
@@ -274,6 +277,7 @@ pub fn run(mut config: Config) -> Result<i32, StartError> {
         Err(e) => return Err(StartError(e)),
     };
     let engine = shared.engine;
+    start_memory_trimmer(shared.clone());
     eprintln!(
         "rhinobox: ready: {} records replayed, {} tmp files removed, io engine {}, durability {}, {} cores, in {:.0} ms",
         report.records_replayed,
@@ -358,6 +362,9 @@ async fn accept_until_signal(
         let Ok(stream) = stream.into_std() else {
             continue;
         };
+        shared
+            .connections_accepted_total
+            .fetch_add(1, Ordering::Relaxed);
         let core = next_core % senders.len();
         next_core = next_core.wrapping_add(1);
         shared.cores[core].queue_len.fetch_add(1, Ordering::Relaxed);
@@ -367,6 +374,43 @@ async fn accept_until_signal(
     }
     eprintln!("rhinobox: signal received; draining in-flight requests");
     Ok(())
+}
+
+/// Connections that must have come and gone before freed memory is handed back.
+const TRIM_AFTER_CONNECTIONS: usize = 256;
+
+/// Hands memory freed by closed connections back to the kernel.
+///
+/// Measured (5 cycles of 2,000 connections sending half a head, then closed): RSS rose
+/// from 19 MB and levelled at 87 MB, all of it free memory that glibc keeps in its arenas
+/// (a `malloc_trim(0)` brought it to 39 MB; the rest is allocator and channel blocks that
+/// stay reserved). So no leak, but a daemon that had one burst of connections should not
+/// hold their memory for good: every 5 s, when the open connections are at most half the
+/// number accepted since the last trim, this thread trims (a few ms, off the cores).
+fn start_memory_trimmer(shared: Arc<Shared>) {
+    let spawned = std::thread::Builder::new()
+        .name("rhinobox-trim".into())
+        .spawn(move || {
+            let mut accepted_at_trim = 0u64;
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(5));
+                let open: usize = shared
+                    .cores
+                    .iter()
+                    .map(|core| core.connections.load(Ordering::Relaxed))
+                    .sum();
+                let accepted = shared.connections_accepted_total.load(Ordering::Relaxed);
+                let came = (accepted - accepted_at_trim) as usize;
+                if came >= TRIM_AFTER_CONNECTIONS && open <= came / 2 {
+                    // SAFETY: malloc_trim only returns free allocator memory to the kernel.
+                    unsafe { libc::malloc_trim(0) };
+                    accepted_at_trim = accepted;
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        eprintln!("rhinobox: warning: no memory trim thread: {e}");
+    }
 }
 
 /// Sizes the listen queue to the connection limit (std listens with a backlog of 128: a
