@@ -2,16 +2,16 @@
 //!
 //! Order (the Garage block-write protocol, grouped per request):
 //! 1. claim every new hash in ascending order (no cycles between requests);
-//! 2. write each new in-memory (small) file straight to its final name, O_EXCL;
-//! 3. `batch`: group sync — the tmp files' and the small files' data is on stable storage;
+//! 2. write each new in-memory (small) file into a tmp file (duplicates never touch disk);
+//! 3. `batch`: group sync — the tmp files' data is on stable storage;
 //! 4. rename each new tmp file to its final path (directories created once per process);
 //! 5. append every record of the request to the journal in one write;
 //! 6. `batch`: group sync — the renames' directory entries and the journal records;
 //! 7. publish the hashes in the index; duplicates reuse the stored records.
 //!
 //! Any failure in 2–5 removes the files placed and abandons the claims, so nothing of the
-//! request stays. A final name already taken by a file no record names (a stray left by a
-//! crash) makes its small file go through `.tmp` and the rename, which replaces the stray. The commit runs as its own task: a client that disconnects cannot cancel
+//! request stays. Only complete tmp files are renamed into place: a crash never leaves a
+//! torn file under a final name. The commit runs as its own task: a client that disconnects cannot cancel
 //! it half way.
 
 use std::collections::HashMap;
@@ -178,15 +178,7 @@ async fn commit_now(
         new_records.insert(*hash, build_record(file, annotations, hex.as_str(), &now));
     }
 
-    write_small_files(
-        ctx,
-        &mut files,
-        &first_of,
-        &new_records,
-        &mut rollback,
-        tmp_files,
-    )
-    .await?;
+    write_small_files(ctx, &mut files, &first_of, &new_records, tmp_files).await?;
     if !new_records.is_empty() {
         ctx.store.make_durable().await;
     }
@@ -283,17 +275,6 @@ async fn write_new(ctx: &IngestContext, path: &Path, chunks: &[Bytes]) -> std::i
     writer.finish().await.map(|_| ())
 }
 
-/// [`write_new`] at a final name, recreating a directory that vanished (as the rename does).
-async fn write_final(ctx: &IngestContext, target: &Path, chunks: &[Bytes]) -> std::io::Result<()> {
-    match write_new(ctx, target, chunks).await {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            recreate_parent(ctx, target).await?;
-            write_new(ctx, target, chunks).await
-        }
-        other => other,
-    }
-}
-
 /// Files written or renamed beyond this many run one after another (bounds ops in flight
 /// per request).
 const PLACE_CONCURRENCY_MAX: usize = 16;
@@ -313,70 +294,56 @@ fn target_of(
         .map(|record| ctx.store.absolute(&record.path))
 }
 
-/// Writes the first copy of each new in-memory hash to its final name. A name already
-/// taken (a stray) sends that file through a tmp file and the rename instead.
+/// Writes the first copy of each new in-memory hash into a tmp file, as the receive path
+/// does for larger files, so that the rename after the sync places only complete files: a
+/// crash never leaves a torn file under a final name. Copies of duplicates never touch
+/// the disk, and a request refused before its commit wrote nothing at all.
 async fn write_small_files(
     ctx: &IngestContext,
     files: &mut [ReceivedFile],
     first_of: &HashMap<Hash, usize>,
     new_records: &HashMap<Hash, FileRecord>,
-    rollback: &mut Rollback<'_>,
     tmp_files: &mut TmpFiles,
 ) -> Result<(), ApiError> {
     let mut writes: Vec<(usize, PathBuf)> = Vec::new();
     for i in 0..files.len() {
-        if !matches!(files[i].content, Content::Memory { .. }) {
-            continue;
+        let is_new = new_records.contains_key(&files[i].hash) && first_of[&files[i].hash] == i;
+        if is_new && matches!(files[i].content, Content::Memory { .. }) {
+            let path = ctx.next_tmp_path();
+            tmp_files.add(path.clone());
+            writes.push((i, path));
         }
-        if let Some(target) = target_of(ctx, files, i, first_of, new_records) {
-            ensure_dir(ctx, target.parent().expect("stored paths have a parent")).await?;
-            writes.push((i, target));
-        }
-    }
-    if writes.is_empty() {
-        return Ok(());
     }
     let shared_files: &[ReceivedFile] = files;
     let results: Vec<(usize, PathBuf, std::io::Result<()>)> = futures_util::stream::iter(writes)
-        .map(|(i, target)| async move {
+        .map(|(i, path)| async move {
             let Content::Memory { chunks, .. } = &shared_files[i].content else {
                 unreachable!("only in-memory files are written here");
             };
-            let result = write_final(ctx, &target, chunks).await;
-            (i, target, result)
+            let result = write_new(ctx, &path, chunks).await;
+            (i, path, result)
         })
         .buffer_unordered(PLACE_CONCURRENCY_MAX)
         .collect()
         .await;
     let mut first_error = None;
-    let mut taken = Vec::new();
-    for (i, target, result) in results {
+    for (i, path, result) in results {
         match result {
-            Ok(()) => rollback.renamed.push(target),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => taken.push(i),
+            Ok(()) => {
+                files[i].content = Content::Tmp {
+                    path,
+                    written: None,
+                }
+            }
             Err(e) => {
                 first_error.get_or_insert(e);
             }
         }
     }
-    if let Some(e) = first_error {
-        return Err(ApiError::storage("cannot write file", &e));
+    match first_error {
+        Some(e) => Err(ApiError::storage("cannot write tmp file", &e)),
+        None => Ok(()),
     }
-    for i in taken {
-        let path = ctx.next_tmp_path();
-        tmp_files.add(path.clone());
-        let Content::Memory { chunks, .. } = &files[i].content else {
-            unreachable!("only in-memory files are written here");
-        };
-        write_new(ctx, &path, chunks)
-            .await
-            .map_err(|e| ApiError::storage("cannot write tmp file", &e))?;
-        files[i].content = Content::Tmp {
-            path,
-            written: None,
-        };
-    }
-    Ok(())
 }
 
 /// Renames the first tmp copy of each new hash into place and removes every other tmp file.

@@ -13,15 +13,16 @@
 //!   its own memory and no io buffer.
 //!
 //! A file that ends while still staged stays in memory (a [`MemoryLease`] on the core's
-//! budget for such files) and is written straight to its final name at commit: a request
-//! of many tiny files costs no tmp file, no rename, and nothing to clean up when it is
-//! refused. When the budget is spent, the file goes through `.tmp` as a large one does.
+//! budget for such files) until the commit, which writes it only when its content is new:
+//! duplicates never touch the disk, and a request refused before its end (a flood of tiny
+//! parts, a bad part, a client gone) wrote nothing and leaves nothing to clean up. When the
+//! budget is spent, the file goes through `.tmp` at once, as a large one does.
 //!
 //! The last write and the close of a tmp file run as a task of their own, so the parser
 //! moves on to the next part while the disk work finishes; the commit waits for every such
 //! task first. The request's [`TmpFiles`] guard knows every tmp path before the file can
-//! exist, so a failed or cancelled request leaves nothing in `.tmp`; the removal runs on
-//! the [`Reaper`] thread, never on the core.
+//! exist, so a failed or cancelled request leaves nothing in `.tmp`; a handful are removed
+//! before the reply, more on the [`Reaper`] thread, never stalling the core.
 //!
 //! [`Limits::io_buffer_hold_max`]: crate::config::Limits::io_buffer_hold_max
 
@@ -43,7 +44,7 @@ use crate::store::io::FileWriter;
 /// Where a received file's bytes are until the commit places them.
 #[derive(Debug)]
 pub enum Content {
-    /// In memory (a small file): written to its final name at commit.
+    /// In memory (a small file): written to a tmp file at commit when its content is new.
     Memory {
         chunks: Vec<Bytes>,
         _lease: MemoryLease,
@@ -190,13 +191,24 @@ impl TmpFiles {
     }
 }
 
+/// Tmp files of a failed request removed on the core itself, before its reply: the common
+/// case (one or a few large files) frees its space before the client hears of the failure
+/// (a 507 must not leave the disk full). More go to the reaper thread.
+const TMP_FILES_REMOVED_INLINE_MAX: usize = 16;
+
 impl Drop for TmpFiles {
     fn drop(&mut self) {
         if self.paths.is_empty() {
             return;
         }
         self.cancelled.set(true);
-        self.reaper.remove(std::mem::take(&mut self.paths));
+        if self.paths.len() <= TMP_FILES_REMOVED_INLINE_MAX {
+            for path in self.paths.drain(..) {
+                let _ = std::fs::remove_file(path);
+            }
+        } else {
+            self.reaper.remove(std::mem::take(&mut self.paths));
+        }
     }
 }
 
