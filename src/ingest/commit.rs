@@ -174,6 +174,8 @@ async fn commit_now(
         new_records.insert(*hash, build_record(file, annotations, hex.as_str(), &now));
     }
 
+    // Planted bug for the power-loss harness (tools/crashdisk): no data sync before rename.
+    #[cfg(not(feature = "planted-skip-data-sync"))]
     if !new_records.is_empty() {
         ctx.store.make_durable().await;
     }
@@ -191,6 +193,8 @@ async fn commit_now(
     // The journal record is the commit point: from here the files stay, even if this
     // task is dropped at shutdown (the final sync at exit covers them).
     rollback.armed = false;
+    // Planted bug for the power-loss harness (tools/crashdisk): no sync after the append.
+    #[cfg(not(feature = "planted-skip-journal-sync"))]
     if !lines.is_empty() {
         ctx.store.make_durable().await;
     }

@@ -1,0 +1,538 @@
+//! The two experiments: power cuts on the crash disk, and the kill -9 loop.
+//!
+//! Power loss, one crash state (seed S):
+//!   copy a fresh file system image → serve it with `crashdisk serve` → `losetup -b 4096`
+//!   → mount → start the daemon → load → after a seeded delay, with the ledger locked, cut
+//!   power (all unflushed blocks lost, or a seeded subset kept) → kill -9 → unmount, detach,
+//!   stop the FUSE server → mount the durable image (journal replay) → unmount → fsck -n →
+//!   mount → start the daemon → check (see check.rs) → stop, unmount.
+//! Replay one state: `crashdisk powerloss --fs FS --seed S --states 1` (same engine and
+//! durability flags). The seed fixes the contents, the schedule, the delay and the subset;
+//! thread interleaving and the kernel's timing are not replayable, so a rare failure may
+//! need a few runs of its seed.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::check::{self, Findings};
+use crate::daemon::{self, Spec};
+use crate::load::{self, Ledger};
+use crate::rng::Rng;
+use crate::sys::{self, Cleanup, Result};
+
+/// Large enough for mkfs.xfs (it refuses file systems under 300 MB); sparse on the host.
+const IMAGE_BYTES: u64 = 320 << 20;
+/// Distinct contents per power-loss state: far more than a 2.5 s load can send.
+const ITEMS_PER_STATE: usize = 3000;
+const MOUNT_LIMIT: Duration = Duration::from_secs(60);
+const FSCK_LIMIT: Duration = Duration::from_secs(120);
+const STOP_LIMIT: Duration = Duration::from_secs(20);
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Fs {
+    Ext4,
+    Xfs,
+}
+
+impl Fs {
+    pub fn parse(s: &str) -> Result<Vec<Fs>> {
+        match s {
+            "ext4" => Ok(vec![Fs::Ext4]),
+            "xfs" => Ok(vec![Fs::Xfs]),
+            "both" => Ok(vec![Fs::Ext4, Fs::Xfs]),
+            _ => Err(format!("unknown file system {s:?} (ext4, xfs, both)")),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Fs::Ext4 => "ext4",
+            Fs::Xfs => "xfs",
+        }
+    }
+
+    fn mkfs(self, image: &str) -> Result<()> {
+        let limit = Duration::from_secs(60);
+        match self {
+            // 4 KiB blocks to match the loop device's logical block size; lazy init off so
+            // no background zeroing runs during a test; no discard at mkfs.
+            Fs::Ext4 => sys::run(
+                "mkfs.ext4",
+                &[
+                    "-q",
+                    "-F",
+                    "-b",
+                    "4096",
+                    "-E",
+                    "nodiscard,lazy_itable_init=0,lazy_journal_init=0",
+                    image,
+                ],
+                limit,
+            ),
+            // 4 KiB sectors: XFS refuses a device whose logical block is larger than its sector.
+            Fs::Xfs => sys::run(
+                "mkfs.xfs",
+                &["-q", "-f", "-K", "-s", "size=4096", image],
+                limit,
+            ),
+        }
+        .map(|_| ())
+    }
+
+    /// Read-only check of the unmounted image; Err(text) when it reports damage.
+    fn fsck(self, image: &str) -> Result<String> {
+        let (ok, text) = match self {
+            Fs::Ext4 => sys::run_capture("e2fsck", &["-fn", image], FSCK_LIMIT)?,
+            Fs::Xfs => sys::run_capture("xfs_repair", &["-n", "-f", image], FSCK_LIMIT)?,
+        };
+        if ok { Ok(text) } else { Err(text) }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub work: PathBuf,
+    pub daemons: Vec<Spec>,
+    pub strays_fail: bool,
+    pub verbose: bool,
+}
+
+/// Totals of one experiment, printed at the end and summed by `ci`.
+#[derive(Default, Debug)]
+pub struct Summary {
+    pub runs: usize,
+    pub violations: Vec<String>,
+    pub acked_checked: usize,
+    pub deletes_checked: usize,
+    pub lost_allowed: usize,
+    pub returned_allowed: usize,
+    pub strays: usize,
+    pub tmp_leftovers_before: usize,
+    pub tmp_leftovers_after: usize,
+    pub torn_tails: usize,
+    pub fsck_failures: usize,
+}
+
+impl Summary {
+    pub fn line(&self, what: &str) -> String {
+        format!(
+            "{what}: {} runs, {} violations; acked uploads present {}, acked deletes gone {}, \
+             lost/returned allowed (none) {}/{}, strays {}, .tmp leftovers before/after restart \
+             {}/{}, torn journal tails {}, fsck failures {}",
+            self.runs,
+            self.violations.len(),
+            self.acked_checked,
+            self.deletes_checked,
+            self.lost_allowed,
+            self.returned_allowed,
+            self.strays,
+            self.tmp_leftovers_before,
+            self.tmp_leftovers_after,
+            self.torn_tails,
+            self.fsck_failures
+        )
+    }
+
+    fn add(&mut self, f: &Findings, strays_fail: bool, tag: &str) {
+        self.acked_checked += f.acked_present;
+        self.deletes_checked += f.acked_deletes_gone;
+        self.lost_allowed += f.lost_allowed;
+        self.returned_allowed += f.returned_allowed;
+        self.strays += f.strays;
+        self.tmp_leftovers_after += f.tmp_leftovers;
+        for v in &f.violations {
+            self.violations.push(format!("{tag}: {v}"));
+        }
+        if strays_fail && (f.strays > 0 || f.tmp_leftovers > 0) {
+            self.violations.push(format!(
+                "{tag}: {} strays {:?}, {} .tmp leftovers",
+                f.strays, f.stray_examples, f.tmp_leftovers
+            ));
+        }
+    }
+}
+
+fn path_str(p: &Path) -> String {
+    p.to_string_lossy().to_string()
+}
+
+fn mkdirs(p: &Path) -> Result<()> {
+    std::fs::create_dir_all(p).map_err(|e| format!("{}: {e}", p.display()))
+}
+
+/// A fresh image of `fs`, copied from a template made once per run (mkfs is the slow part).
+pub fn fresh_image(fs: Fs, work: &Path, image: &Path) -> Result<()> {
+    let template = work.join(format!("template-{}.img", fs.name()));
+    if !template.exists() {
+        let partial = work.join(format!("template-{}.img.partial", fs.name()));
+        let f = std::fs::File::create(&partial).map_err(|e| e.to_string())?;
+        f.set_len(IMAGE_BYTES).map_err(|e| e.to_string())?;
+        drop(f);
+        fs.mkfs(&path_str(&partial))?;
+        std::fs::rename(&partial, &template).map_err(|e| e.to_string())?;
+    }
+    let _ = std::fs::remove_file(image);
+    sys::run(
+        "cp",
+        &["--sparse=always", &path_str(&template), &path_str(image)],
+        Duration::from_secs(60),
+    )
+    .map(|_| ())
+}
+
+/// Serves `image` through the crash disk at `fuse_dir`, puts a loop device on it and mounts
+/// it at `mnt`. Pushes the undo steps on `cleanup`.
+pub fn attach(image: &Path, fuse_dir: &Path, mnt: &Path, cleanup: &mut Cleanup) -> Result<()> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let server_log =
+        std::fs::File::create(fuse_dir.with_extension("log")).map_err(|e| e.to_string())?;
+    let child = Command::new(exe)
+        .arg("serve")
+        .arg(image)
+        .arg(fuse_dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(server_log)
+        .spawn()
+        .map_err(|e| format!("crashdisk serve: {e}"))?;
+    let slot = cleanup.spawned(child);
+    let disk = fuse_dir.join("disk");
+    sys::wait_for("the FUSE disk", Duration::from_secs(10), || {
+        disk.exists() || matches!(cleanup.child(slot).map(|c| c.try_wait()), Some(Ok(Some(_))))
+    })?;
+    if !disk.exists() {
+        return Err("crashdisk serve exited before mounting".into());
+    }
+    cleanup.mounted(fuse_dir);
+    let device = sys::run(
+        "losetup",
+        &["-f", "--show", "-b", "4096", &path_str(&disk)],
+        Duration::from_secs(20),
+    )?
+    .trim()
+    .to_string();
+    cleanup.looped(&device);
+    sys::run("mount", &[&device, &path_str(mnt)], MOUNT_LIMIT)?;
+    cleanup.mounted(mnt);
+    Ok(())
+}
+
+fn mount_image(image: &Path, mnt: &Path, cleanup: &mut Cleanup) -> Result<()> {
+    sys::run(
+        "mount",
+        &["-o", "loop", &path_str(image), &path_str(mnt)],
+        MOUNT_LIMIT,
+    )?;
+    cleanup.mounted(mnt);
+    Ok(())
+}
+
+fn torn_tail_in(log: &Path) -> bool {
+    daemon::read_log(log).contains("torn tail")
+}
+
+/// Runs `states` power-loss crash states on `fs` with seeds `seed`, `seed + 1`, ….
+pub fn powerloss(opts: &Options, fs: Fs, seed: u64, states: usize) -> Result<Summary> {
+    let dir = opts.work.join(format!("powerloss-{}", fs.name()));
+    let (fuse_dir, mnt) = (dir.join("fuse"), dir.join("mnt"));
+    mkdirs(&fuse_dir)?;
+    mkdirs(&mnt)?;
+    let mut summary = Summary::default();
+    for k in 0..states {
+        sys::check_interrupted()?;
+        let state_seed = seed.wrapping_add(k as u64);
+        let spec = &opts.daemons[k % opts.daemons.len()];
+        let tag = format!(
+            "powerloss fs={} seed={state_seed} engine={} durability={}",
+            fs.name(),
+            spec.engine,
+            spec.durability
+        );
+        let started = Instant::now();
+        let report = one_state(
+            opts,
+            fs,
+            spec,
+            state_seed,
+            &dir,
+            &fuse_dir,
+            &mnt,
+            &mut summary,
+            &tag,
+        )?;
+        summary.runs += 1;
+        println!("{tag}: {report} [{:.1}s]", started.elapsed().as_secs_f64());
+    }
+    println!("{}", summary.line(&format!("powerloss {}", fs.name())));
+    Ok(summary)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn one_state(
+    opts: &Options,
+    fs: Fs,
+    spec: &Spec,
+    seed: u64,
+    dir: &Path,
+    fuse_dir: &Path,
+    mnt: &Path,
+    summary: &mut Summary,
+    tag: &str,
+) -> Result<String> {
+    let image = dir.join("disk.img");
+    fresh_image(fs, &opts.work, &image)?;
+    let mut rng = Rng::new(seed);
+    let delay = Duration::from_millis(200 + rng.below(2300));
+    let cut = match rng.below(2) {
+        0 => "cut".to_string(),
+        _ => format!("cut-random {} {}", rng.next_u64() >> 1, rng.below(1001)),
+    };
+    let ledger = Arc::new(Mutex::new(Ledger::new(seed, ITEMS_PER_STATE)));
+    let mut cleanup = Cleanup::default();
+
+    attach(&image, fuse_dir, mnt, &mut cleanup)?;
+    let data_dir = mnt.join("data");
+    mkdirs(&data_dir)?;
+    let log1 = dir.join("daemon-before.log");
+    let running = daemon::start(spec, &data_dir, &log1, &mut cleanup)?;
+    let workers = load::start_workers(ledger.clone(), running.addr, seed);
+    std::thread::sleep(delay);
+    {
+        let mut l = ledger.lock().unwrap_or_else(|p| p.into_inner());
+        l.crashed = true;
+        std::fs::write(fuse_dir.join("ctl"), format!("{cut}\n"))
+            .map_err(|e| format!("power cut: {e}"))?;
+        if let Some(child) = cleanup.child(running.slot) {
+            sys::kill9(child);
+        }
+    }
+    for w in workers {
+        let _ = w.join();
+    }
+    let counters = std::fs::read_to_string(fuse_dir.join("ctl")).unwrap_or_default();
+    cleanup.unwind_to(0)?;
+
+    // The machine is back: only the durable image is left.
+    mount_image(&image, mnt, &mut cleanup)?;
+    summary.tmp_leftovers_before += check::tmp_leftovers(&data_dir);
+    cleanup.unwind_to(0)?;
+    let mut report = String::new();
+    if let Err(text) = fs.fsck(&path_str(&image)) {
+        summary.fsck_failures += 1;
+        summary.violations.push(format!(
+            "{tag}: fsck reports damage:\n{}",
+            daemon::tail(&text, 1500)
+        ));
+    }
+    mount_image(&image, mnt, &mut cleanup)?;
+    let log2 = dir.join("daemon-after.log");
+    let running = match daemon::start(spec, &data_dir, &log2, &mut cleanup) {
+        Ok(r) => r,
+        Err(e) => {
+            summary
+                .violations
+                .push(format!("{tag}: daemon does not start: {e}"));
+            cleanup.unwind_to(0)?;
+            keep_failed(opts, &image, tag);
+            return Ok("DAEMON DOES NOT START".into());
+        }
+    };
+    if torn_tail_in(&running.log) {
+        summary.torn_tails += 1;
+    }
+    let strict = spec.durability == "batch";
+    let findings = {
+        let l = ledger.lock().unwrap_or_else(|p| p.into_inner());
+        let f = check::check(&l, running.addr, &data_dir, strict);
+        let s = &l.stats;
+        let _ = write!(
+            report,
+            "{cut}, after {} ms: acked put {} multipart {} dup {} delete {}; checked {} \
+             (acked present {}, deletes gone {}), strays {}, tmp {}",
+            delay.as_millis(),
+            s.puts_acked,
+            s.multipart_acked,
+            s.duplicates_acked,
+            s.deletes_acked,
+            f.checked,
+            f.acked_present,
+            f.acked_deletes_gone,
+            f.strays,
+            f.tmp_leftovers
+        );
+        if !strict {
+            let _ = write!(
+                report,
+                ", lost {} returned {} (allowed)",
+                f.lost_allowed, f.returned_allowed
+            );
+        }
+        f
+    };
+    if opts.verbose {
+        let keep: Vec<&str> = counters
+            .lines()
+            .filter(|l| {
+                l.starts_with("fsyncs") || l.starts_with("dropped") || l.starts_with("survived")
+            })
+            .collect();
+        let _ = write!(report, " | disk: {}", keep.join(", "));
+    }
+    let failed = !findings.violations.is_empty();
+    summary.add(&findings, opts.strays_fail, tag);
+    for v in &findings.violations {
+        let _ = write!(report, "\n  VIOLATION {v}");
+    }
+    if let Some(child) = cleanup.child(running.slot) {
+        sys::terminate(child, STOP_LIMIT);
+    }
+    cleanup.unwind_to(0)?;
+    if failed {
+        keep_failed(opts, &image, tag);
+    }
+    Ok(report)
+}
+
+/// Keeps the durable image of a failed state (sparse copy) for a post-mortem.
+fn keep_failed(opts: &Options, image: &Path, tag: &str) {
+    let name: String = tag
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let kept = opts.work.join(format!("failed-{name}.img"));
+    let count = std::fs::read_dir(&opts.work)
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("failed-"))
+                .count()
+        })
+        .unwrap_or(0);
+    // A handful is enough for a post-mortem; do not fill the disk.
+    if count < 5 {
+        let _ = sys::run(
+            "cp",
+            &["--sparse=always", &path_str(image), &path_str(&kept)],
+            Duration::from_secs(60),
+        );
+        println!("  kept the durable image: {}", kept.display());
+    }
+}
+
+/// The sled-style loop: one data dir, `iterations` × (start, load, kill -9 at a random
+/// instant, restart, check everything acknowledged so far).
+pub fn killloop(opts: &Options, seed: u64, iterations: usize) -> Result<Summary> {
+    let dir = opts.work.join("killloop");
+    let _ = std::fs::remove_dir_all(&dir);
+    let data_dir = dir.join("data");
+    mkdirs(&data_dir)?;
+    let mut rng = Rng::new(seed);
+    // Enough distinct contents for every iteration; deleted ones are never reused.
+    let ledger = Arc::new(Mutex::new(Ledger::new(seed, 600 + iterations * 120)));
+    let mut summary = Summary::default();
+    let mut cleanup = Cleanup::default();
+    for k in 0..iterations {
+        sys::check_interrupted()?;
+        let spec = &opts.daemons[k % opts.daemons.len()];
+        let tag = format!(
+            "killloop seed={seed} iteration={k} engine={} durability={}",
+            spec.engine, spec.durability
+        );
+        let delay = Duration::from_millis(50 + rng.below(1200));
+        let log = dir.join(format!("daemon-{k}.log"));
+        let running = match daemon::start(spec, &data_dir, &log, &mut cleanup) {
+            Ok(r) => r,
+            Err(e) => {
+                summary
+                    .violations
+                    .push(format!("{tag}: daemon does not start: {e}"));
+                break;
+            }
+        };
+        let torn = torn_tail_in(&log);
+        summary.torn_tails += torn as usize;
+        // Check what the previous iterations left (the first start has nothing to check).
+        let findings = {
+            let mut l = ledger.lock().unwrap_or_else(|p| p.into_inner());
+            let f = check::check(&l, running.addr, &data_dir, spec.durability == "batch");
+            l.resume(&f.present);
+            f
+        };
+        summary.add(&findings, opts.strays_fail, &tag);
+        let workers = load::start_workers(ledger.clone(), running.addr, rng.next_u64());
+        std::thread::sleep(delay);
+        {
+            let mut l = ledger.lock().unwrap_or_else(|p| p.into_inner());
+            l.crashed = true;
+            if let Some(child) = cleanup.child(running.slot) {
+                sys::kill9(child);
+            }
+        }
+        for w in workers {
+            let _ = w.join();
+        }
+        cleanup.unwind_to(running.slot)?;
+        let tmp = check::tmp_leftovers(&data_dir);
+        summary.tmp_leftovers_before += tmp;
+        summary.runs += 1;
+        let l = ledger.lock().unwrap_or_else(|p| p.into_inner());
+        println!(
+            "{tag}: killed after {} ms; checked {} (acked present {}, deletes gone {}), \
+             strays {}, tmp before/after restart {}/{}, torn tail at start {}{}",
+            delay.as_millis(),
+            findings.checked,
+            findings.acked_present,
+            findings.acked_deletes_gone,
+            findings.strays,
+            tmp,
+            findings.tmp_leftovers,
+            torn,
+            findings
+                .violations
+                .iter()
+                .map(|v| format!("\n  VIOLATION {v}"))
+                .collect::<String>()
+        );
+        drop(l);
+    }
+    // The final restart checks the last kill.
+    let spec = &opts.daemons[iterations % opts.daemons.len()];
+    let tag = format!("killloop seed={seed} final engine={}", spec.engine);
+    let log = dir.join("daemon-final.log");
+    match daemon::start(spec, &data_dir, &log, &mut cleanup) {
+        Ok(running) => {
+            summary.torn_tails += torn_tail_in(&log) as usize;
+            let l = ledger.lock().unwrap_or_else(|p| p.into_inner());
+            let f = check::check(&l, running.addr, &data_dir, spec.durability == "batch");
+            println!(
+                "{tag}: checked {} (acked present {}, deletes gone {}), strays {}{}",
+                f.checked,
+                f.acked_present,
+                f.acked_deletes_gone,
+                f.strays,
+                f.violations
+                    .iter()
+                    .map(|v| format!("\n  VIOLATION {v}"))
+                    .collect::<String>()
+            );
+            summary.add(&f, opts.strays_fail, &tag);
+            if let Some(child) = cleanup.child(running.slot) {
+                sys::terminate(child, STOP_LIMIT);
+            }
+        }
+        Err(e) => summary
+            .violations
+            .push(format!("{tag}: daemon does not start: {e}")),
+    }
+    cleanup.unwind_to(0)?;
+    println!("{}", summary.line("killloop"));
+    Ok(summary)
+}
