@@ -46,7 +46,7 @@ fn download(addr: SocketAddr, ledger: &Ledger, index: usize) -> Served {
     let target = format!("/files/download?hash={}", ledger.hex(index));
     match http::request(addr, "GET", &target, None, &[]) {
         Ok(r) if r.status == 200 => {
-            if blake3::hash(&r.body).as_bytes() == &ledger.items[index].hash {
+            if Some(*blake3::hash(&r.body).as_bytes()) == ledger.items[index].hash {
                 Served::Right
             } else {
                 Served::Wrong(
@@ -73,7 +73,8 @@ pub fn check(ledger: &Ledger, addr: SocketAddr, data_dir: &Path, strict: bool) -
     };
     for index in 0..ledger.items.len() {
         let state = &ledger.state[index];
-        if !state.put_sent {
+        // put_sent is set when the request is planned, the hash just before it is sent.
+        if !state.put_sent || ledger.items[index].hash.is_none() {
             continue;
         }
         f.checked += 1;

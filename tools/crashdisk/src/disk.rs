@@ -12,6 +12,15 @@
 //! - `cut-random SEED PERMILLE` — power cut where each unflushed block independently
 //!   survives with probability PERMILLE/1000 (a write-back cache that persisted some writes
 //!   in any order), chosen by SEED so a failure replays.
+//! - `arm N SEED PERMILLE` — power cut *at* the N-th FSYNC from now: instead of applying
+//!   the cache, that FSYNC drops it (keeping the seeded subset) and is never answered, as
+//!   a disk that loses power in the middle of a cache flush. Every FSYNC after it is held
+//!   too, so no sync the daemon waits on can succeed after the cut: every 200 it sent was
+//!   made durable by an FSYNC that completed before. The cut lands when the cache is at
+//!   its fullest, at a flush boundary the file system chose.
+//! - `release` — answer the held FSYNCs with EIO (after the daemon is killed, so that its
+//!   threads blocked in syncfs can exit); later FSYNCs of the dead disk are answered at
+//!   once, so that unmounting can finish.
 //! - `reset` — zero the counters.
 //!
 //! After a cut the disk is dead: writes are accepted and discarded, flushes do nothing,
@@ -71,6 +80,12 @@ struct State {
     image_bytes: u64,
     cache: HashMap<u64, Block>,
     dead: bool,
+    /// `arm`: (FSYNCs left before the cut, seed, permille).
+    armed: Option<(u64, u64, u64)>,
+    /// FSYNCs held unanswered since the cut (answered EIO by `release` or at unmount).
+    held: Vec<ReplyEmpty>,
+    /// After `release`, a dead disk answers FSYNC at once again (so unmount can finish).
+    released: bool,
     counters: Counters,
 }
 
@@ -91,6 +106,9 @@ impl CrashDisk {
                 image_bytes,
                 cache: HashMap::new(),
                 dead: false,
+                armed: None,
+                held: Vec::new(),
+                released: false,
                 counters: Counters::default(),
             }),
         })
@@ -205,12 +223,17 @@ impl State {
         Ok(())
     }
 
+    /// True when the cut came from `arm` (mid-flush): then FSYNCs are held until `release`.
+    fn cuts_held(&self) -> bool {
+        !self.held.is_empty()
+    }
+
     fn counters_text(&self) -> String {
         let c = &self.counters;
         format!(
             "writes {}\nwrite_bytes {}\nreads {}\nfsyncs {}\nfdatasyncs {}\nflushes {}\n\
              fallocates {}\napplied_blocks {}\ncached_blocks {}\ncuts {}\ndropped_blocks {}\n\
-             survived_blocks {}\ndead {}\n",
+             survived_blocks {}\ndead {}\nheld {}\n",
             c.writes,
             c.write_bytes,
             c.reads,
@@ -224,6 +247,7 @@ impl State {
             c.dropped_blocks,
             c.survived_blocks,
             self.dead as u8,
+            self.held.len(),
         )
     }
 
@@ -236,6 +260,7 @@ impl State {
                 .ok_or(Errno::EINVAL)
         };
         let result = match words.as_slice() {
+            ["cut"] if self.dead => Ok(()),
             ["cut"] => self.cut(0, 0),
             ["cut-random", _, _] => {
                 let (seed, permille) = (number(1)?, number(2)?);
@@ -243,6 +268,21 @@ impl State {
                     return Err(Errno::EINVAL);
                 }
                 self.cut(seed, permille)
+            }
+            ["arm", _, _, _] => {
+                let (count, seed, permille) = (number(1)?, number(2)?, number(3)?);
+                if count == 0 || permille > 1000 {
+                    return Err(Errno::EINVAL);
+                }
+                self.armed = Some((count, seed, permille));
+                Ok(())
+            }
+            ["release"] => {
+                for reply in self.held.drain(..) {
+                    reply.error(Errno::EIO);
+                }
+                self.released = true;
+                Ok(())
             }
             ["reset"] => {
                 self.counters = Counters::default();
@@ -441,8 +481,28 @@ impl Filesystem for CrashDisk {
         } else {
             state.counters.fsyncs += 1;
         }
+        if state.dead && state.released {
+            return reply.ok();
+        }
+        if state.dead && state.cuts_held() {
+            // A disk that died mid-flush answers nothing; `release` fails these later.
+            state.held.push(reply);
+            return;
+        }
         if state.dead {
             return reply.ok();
+        }
+        if let Some((left, seed, permille)) = state.armed {
+            if left > 1 {
+                state.armed = Some((left - 1, seed, permille));
+            } else {
+                state.armed = None;
+                if state.cut(seed, permille).is_err() {
+                    return reply.error(Errno::EIO);
+                }
+                state.held.push(reply);
+                return;
+            }
         }
         match state.apply() {
             Ok(()) => reply.ok(),

@@ -27,7 +27,9 @@ const REQUESTS_PER_WORKER_MAX: usize = 100_000;
 pub struct Item {
     pub size: usize,
     pub kind: Kind,
-    pub hash: [u8; 32],
+    /// Set by the worker that first generates the bytes, before they are sent: hashing
+    /// every possible item up front would cost seconds per run.
+    pub hash: Option<[u8; 32]>,
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -114,8 +116,11 @@ impl Ledger {
                 1 => Kind::Jpeg,
                 _ => Kind::Binary,
             };
-            let hash = *blake3::hash(&content(seed, index, size, kind)).as_bytes();
-            items.push(Item { size, kind, hash });
+            items.push(Item {
+                size,
+                kind,
+                hash: None,
+            });
         }
         let mut fresh: Vec<usize> = (0..item_count).collect();
         fresh.reverse();
@@ -130,10 +135,10 @@ impl Ledger {
         }
     }
 
+    /// The item's BLAKE3 in hex; only for items already sent (their hash is known).
     pub fn hex(&self, index: usize) -> String {
-        blake3::Hash::from_bytes(self.items[index].hash)
-            .to_hex()
-            .to_string()
+        let hash = self.items[index].hash.expect("hash of a sent item");
+        blake3::Hash::from_bytes(hash).to_hex().to_string()
     }
 
     pub fn bytes(&self, index: usize) -> Vec<u8> {
@@ -233,34 +238,70 @@ fn pick(ledger: &mut Ledger, rng: &mut Rng) -> Option<Op> {
     Some(Op::Put(i))
 }
 
-/// What a worker needs to build a request without holding the lock.
-fn materialize(ledger: &Ledger, op: &Op, copy: u32) -> (String, String, Option<String>, Vec<u8>) {
+/// A request to build outside the lock: (method, target, content type, items and names).
+struct Plan {
+    method: &'static str,
+    target: String,
+    parts: Vec<(usize, String)>,
+}
+
+fn plan(ledger: &Ledger, op: &Op, copy: u32) -> Plan {
     match op {
-        Op::Put(i) | Op::Duplicate(i) => (
-            "PUT".into(),
-            format!("/ingest/media/{}", ledger.name(*i, copy)),
-            None,
-            ledger.bytes(*i),
-        ),
-        Op::Multipart(items) => {
+        Op::Put(i) | Op::Duplicate(i) => Plan {
+            method: "PUT",
+            target: format!("/ingest/media/{}", ledger.name(*i, copy)),
+            parts: vec![(*i, String::new())],
+        },
+        Op::Multipart(items) => Plan {
+            method: "POST",
+            target: "/ingest/media".into(),
+            parts: items.iter().map(|i| (*i, ledger.name(*i, copy))).collect(),
+        },
+        Op::Delete(i) => Plan {
+            method: "DELETE",
+            target: format!("/files/{}", ledger.hex(*i)),
+            parts: vec![],
+        },
+    }
+}
+
+/// Generates the bytes (without the lock) and the body; returns new hashes to record.
+fn build(
+    seed: u64,
+    items: &[(usize, Item)],
+    plan: &Plan,
+    copy: u32,
+) -> (Option<String>, Vec<u8>, Vec<(usize, [u8; 32])>) {
+    let mut hashes = Vec::new();
+    let mut bytes_of = |index: usize, item: &Item| {
+        let bytes = content(seed, index, item.size, item.kind);
+        if item.hash.is_none() {
+            hashes.push((index, *blake3::hash(&bytes).as_bytes()));
+        }
+        bytes
+    };
+    match plan.method {
+        "PUT" => {
+            let (index, item) = &items[0];
+            let body = bytes_of(*index, item);
+            (None, body, hashes)
+        }
+        "POST" => {
             let boundary = format!("crashdisk{copy:x}b0undary");
-            let parts: Vec<(String, Vec<u8>)> = items
+            let parts: Vec<(String, Vec<u8>)> = plan
+                .parts
                 .iter()
-                .map(|i| (ledger.name(*i, copy), ledger.bytes(*i)))
+                .zip(items)
+                .map(|((_, name), (index, item))| (name.clone(), bytes_of(*index, item)))
                 .collect();
+            let body = http::multipart(&boundary, &parts);
             (
-                "POST".into(),
-                "/ingest/media".into(),
                 Some(format!("multipart/form-data; boundary={boundary}")),
-                http::multipart(&boundary, &parts),
+                body,
+                hashes,
             )
         }
-        Op::Delete(i) => (
-            "DELETE".into(),
-            format!("/files/{}", ledger.hex(*i)),
-            None,
-            vec![],
-        ),
+        _ => (None, Vec::new(), hashes),
     }
 }
 
@@ -330,7 +371,7 @@ fn lock(ledger: &Mutex<Ledger>) -> std::sync::MutexGuard<'_, Ledger> {
 fn worker(ledger: Arc<Mutex<Ledger>>, addr: SocketAddr, seed: u64) {
     let mut rng = Rng::new(seed);
     for n in 0..REQUESTS_PER_WORKER_MAX {
-        let (op, request) = {
+        let (op, plan, items, seed) = {
             let mut l = lock(&ledger);
             if l.crashed || crate::sys::check_interrupted().is_err() {
                 return;
@@ -338,11 +379,26 @@ fn worker(ledger: Arc<Mutex<Ledger>>, addr: SocketAddr, seed: u64) {
             let Some(op) = pick(&mut l, &mut rng) else {
                 return;
             };
-            let request = materialize(&l, &op, n as u32);
-            (op, request)
+            let plan = plan(&l, &op, n as u32);
+            let items: Vec<(usize, Item)> =
+                plan.parts.iter().map(|(i, _)| (*i, l.items[*i])).collect();
+            (op, plan, items, l.seed)
         };
-        let (method, target, content_type, body) = request;
-        let reply = http::request(addr, &method, &target, content_type.as_deref(), &body);
+        let (content_type, body, hashes) = build(seed, &items, &plan, n as u32);
+        {
+            // Known before the request leaves, so the check can look for it after a crash.
+            let mut l = lock(&ledger);
+            for (index, hash) in hashes {
+                l.items[index].hash = Some(hash);
+            }
+        }
+        let reply = http::request(
+            addr,
+            plan.method,
+            &plan.target,
+            content_type.as_deref(),
+            &body,
+        );
         let status = reply.ok().map(|r| r.status);
         let mut l = lock(&ledger);
         record(&mut l, &op, status);

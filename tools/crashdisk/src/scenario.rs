@@ -23,8 +23,9 @@ use crate::load::{self, Ledger};
 use crate::rng::Rng;
 use crate::sys::{self, Cleanup, Result};
 
-/// Large enough for mkfs.xfs (it refuses file systems under 300 MB); sparse on the host.
-const IMAGE_BYTES: u64 = 320 << 20;
+/// Room for a whole run of the load (a full file system is a different test), and above
+/// mkfs.xfs's 300 MB minimum; sparse on the host.
+const IMAGE_BYTES: u64 = 2 << 30;
 /// Distinct contents per power-loss state: far more than a 2.5 s load can send.
 const ITEMS_PER_STATE: usize = 3000;
 const MOUNT_LIMIT: Duration = Duration::from_secs(60);
@@ -186,7 +187,9 @@ pub fn fresh_image(fs: Fs, work: &Path, image: &Path) -> Result<()> {
 /// Serves `image` through the crash disk at `fuse_dir`, puts a loop device on it and mounts
 /// it at `mnt`. Pushes the undo steps on `cleanup`.
 pub fn attach(image: &Path, fuse_dir: &Path, mnt: &Path, cleanup: &mut Cleanup) -> Result<()> {
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    // /proc/self/exe, not current_exe(): a rebuild during a long run deletes the file at
+    // that path, while /proc/self/exe still execs the running binary.
+    let exe = PathBuf::from("/proc/self/exe");
     let server_log =
         std::fs::File::create(fuse_dir.with_extension("log")).map_err(|e| e.to_string())?;
     let child = Command::new(exe)
@@ -286,9 +289,17 @@ fn one_state(
     fresh_image(fs, &opts.work, &image)?;
     let mut rng = Rng::new(seed);
     let delay = Duration::from_millis(200 + rng.below(2300));
-    let cut = match rng.below(2) {
+    // A third each: every unflushed block lost now; a seeded subset kept now; or the cut
+    // at the N-th flush from now, mid-flush (the cache at its fullest), subset kept.
+    let cut = match rng.below(3) {
         0 => "cut".to_string(),
-        _ => format!("cut-random {} {}", rng.next_u64() >> 1, rng.below(1001)),
+        1 => format!("cut-random {} {}", rng.next_u64() >> 1, rng.below(1001)),
+        _ => format!(
+            "arm {} {} {}",
+            20 + rng.below(1500),
+            rng.next_u64() >> 1,
+            rng.below(1001)
+        ),
     };
     let ledger = Arc::new(Mutex::new(Ledger::new(seed, ITEMS_PER_STATE)));
     let mut cleanup = Cleanup::default();
@@ -298,13 +309,44 @@ fn one_state(
     mkdirs(&data_dir)?;
     let log1 = dir.join("daemon-before.log");
     let running = daemon::start(spec, &data_dir, &log1, &mut cleanup)?;
+    let ctl = fuse_dir.join("ctl");
+    let arming = cut.starts_with("arm");
+    if arming {
+        std::fs::write(&ctl, format!("{cut}\n")).map_err(|e| format!("arm: {e}"))?;
+    }
     let workers = load::start_workers(ledger.clone(), running.addr, seed);
-    std::thread::sleep(delay);
+    let load_started = Instant::now();
+    if arming {
+        // The disk cuts itself at its N-th flush; a load too slow to get there within the
+        // bound gets a plain cut at the bound.
+        let dead = || {
+            std::fs::read_to_string(&ctl)
+                .unwrap_or_default()
+                .contains("dead 1")
+        };
+        let _ = sys::wait_for("the armed cut", Duration::from_secs(8), dead);
+    } else {
+        std::thread::sleep(delay);
+    }
+    let cut_after = load_started.elapsed();
     {
         let mut l = ledger.lock().unwrap_or_else(|p| p.into_inner());
         l.crashed = true;
-        std::fs::write(fuse_dir.join("ctl"), format!("{cut}\n"))
-            .map_err(|e| format!("power cut: {e}"))?;
+        // For `arm` an already dead disk ignores this; a live one is cut now.
+        std::fs::write(
+            &ctl,
+            if arming {
+                "cut\n".to_string()
+            } else {
+                format!("{cut}\n")
+            },
+        )
+        .map_err(|e| format!("power cut: {e}"))?;
+        if let Some(child) = cleanup.child(running.slot) {
+            // SIGKILL first; syncfs threads blocked on a held flush exit once released.
+            let _ = child.kill();
+        }
+        std::fs::write(&ctl, "release\n").map_err(|e| format!("release: {e}"))?;
         if let Some(child) = cleanup.child(running.slot) {
             sys::kill9(child);
         }
@@ -352,7 +394,7 @@ fn one_state(
             report,
             "{cut}, after {} ms: acked put {} multipart {} dup {} delete {}; checked {} \
              (acked present {}, deletes gone {}), strays {}, tmp {}",
-            delay.as_millis(),
+            cut_after.as_millis(),
             s.puts_acked,
             s.multipart_acked,
             s.duplicates_acked,
@@ -436,7 +478,7 @@ pub fn killloop(opts: &Options, seed: u64, iterations: usize) -> Result<Summary>
     mkdirs(&data_dir)?;
     let mut rng = Rng::new(seed);
     // Enough distinct contents for every iteration; deleted ones are never reused.
-    let ledger = Arc::new(Mutex::new(Ledger::new(seed, 600 + iterations * 120)));
+    let ledger = Arc::new(Mutex::new(Ledger::new(seed, 2000 + iterations * 600)));
     let mut summary = Summary::default();
     let mut cleanup = Cleanup::default();
     for k in 0..iterations {
@@ -524,6 +566,8 @@ pub fn killloop(opts: &Options, seed: u64, iterations: usize) -> Result<Summary>
                     .collect::<String>()
             );
             summary.add(&f, opts.strays_fail, &tag);
+            // Strays accumulate in one data dir: the last count is the total, not the sum.
+            summary.strays = f.strays;
             if let Some(child) = cleanup.child(running.slot) {
                 sys::terminate(child, STOP_LIMIT);
             }
