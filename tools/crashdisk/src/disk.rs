@@ -21,6 +21,9 @@
 //! - `release` — answer the held FSYNCs with EIO (after the daemon is killed, so that its
 //!   threads blocked in syncfs can exit); later FSYNCs of the dead disk are answered at
 //!   once, so that unmounting can finish.
+//! - `latency WRITE_US FLUSH_US` — make each WRITE and each FSYNC take that long, as a
+//!   real disk does (this one is memory-speed): syncs take longer, so more requests land
+//!   inside another request's sync, which is where ordering bugs show.
 //! - `reset` — zero the counters.
 //!
 //! After a cut the disk is dead: writes are accepted and discarded, flushes do nothing,
@@ -86,6 +89,9 @@ struct State {
     held: Vec<ReplyEmpty>,
     /// After `release`, a dead disk answers FSYNC at once again (so unmount can finish).
     released: bool,
+    /// `latency`: added to each WRITE and each FSYNC of a live disk.
+    write_latency: Duration,
+    flush_latency: Duration,
     counters: Counters,
 }
 
@@ -109,6 +115,8 @@ impl CrashDisk {
                 armed: None,
                 held: Vec::new(),
                 released: false,
+                write_latency: Duration::ZERO,
+                flush_latency: Duration::ZERO,
                 counters: Counters::default(),
             }),
         })
@@ -284,6 +292,13 @@ impl State {
                 self.released = true;
                 Ok(())
             }
+            ["latency", _, _] => {
+                // Bounded: a typo must not turn the disk into a hang.
+                let (write_us, flush_us) = (number(1)?.min(100_000), number(2)?.min(1_000_000));
+                self.write_latency = Duration::from_micros(write_us);
+                self.flush_latency = Duration::from_micros(flush_us);
+                Ok(())
+            }
             ["reset"] => {
                 self.counters = Counters::default();
                 Ok(())
@@ -444,6 +459,7 @@ impl Filesystem for CrashDisk {
         if state.dead {
             return reply.written(data.len() as u32);
         }
+        std::thread::sleep(state.write_latency);
         match state.write(offset, data.len() as u64, Some(data)) {
             Ok(()) => reply.written(data.len() as u32),
             Err(_) => reply.error(Errno::EIO),
@@ -504,6 +520,7 @@ impl Filesystem for CrashDisk {
                 return;
             }
         }
+        std::thread::sleep(state.flush_latency);
         match state.apply() {
             Ok(()) => reply.ok(),
             Err(_) => reply.error(Errno::EIO),

@@ -18,8 +18,9 @@ use crate::rng::Rng;
 
 /// The file size classes of the issue; 0 B is one item (all empty files are one content).
 pub const SIZE_CLASSES_BYTES: [usize; 3] = [4096, 100 * 1024, 3 << 20];
-/// Client threads: enough to keep several requests in one group commit on 2 cores.
-pub const WORKERS: usize = 4;
+/// Client threads by default (`--workers`): enough to keep several requests in one group
+/// commit on 2 cores.
+pub const WORKERS_DEFAULT: usize = 4;
 /// Upper bound on requests per worker per run (a bound on the loop; time ends it first).
 const REQUESTS_PER_WORKER_MAX: usize = 100_000;
 
@@ -265,13 +266,11 @@ fn plan(ledger: &Ledger, op: &Op, copy: u32) -> Plan {
     }
 }
 
+/// A request ready to send: content type, body, and the hashes learnt making it.
+type Built = (Option<String>, Vec<u8>, Vec<(usize, [u8; 32])>);
+
 /// Generates the bytes (without the lock) and the body; returns new hashes to record.
-fn build(
-    seed: u64,
-    items: &[(usize, Item)],
-    plan: &Plan,
-    copy: u32,
-) -> (Option<String>, Vec<u8>, Vec<(usize, [u8; 32])>) {
+fn build(seed: u64, items: &[(usize, Item)], plan: &Plan, copy: u32) -> Built {
     let mut hashes = Vec::new();
     let mut bytes_of = |index: usize, item: &Item| {
         let bytes = content(seed, index, item.size, item.kind);
@@ -350,13 +349,14 @@ fn record(ledger: &mut Ledger, op: &Op, status: Option<u16>) {
     }
 }
 
-/// Runs `WORKERS` client threads until the ledger says crashed (or the bound is hit).
+/// Runs `workers` client threads until the ledger says crashed (or the bound is hit).
 pub fn start_workers(
     ledger: Arc<Mutex<Ledger>>,
     addr: SocketAddr,
     seed: u64,
+    workers: usize,
 ) -> Vec<std::thread::JoinHandle<()>> {
-    (0..WORKERS)
+    (0..workers)
         .map(|w| {
             let ledger = ledger.clone();
             std::thread::spawn(move || worker(ledger, addr, seed ^ ((w as u64 + 1) << 48)))

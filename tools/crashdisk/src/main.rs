@@ -5,12 +5,14 @@
 //! - `disk`     the FUSE server: one image behind a write cache that FSYNC empties and a
 //!   power cut forgets (`crashdisk serve`)
 //! - `load`     contents from a seed, the client workers, the ledger of acknowledgements
+//! - `adversary` early writeback of the journal at seeded moments (a legal kernel schedule)
 //! - `check`    the invariants after a restart
 //! - `scenario` power-loss crash states and the kill -9 loop
 //! - `probe`    counts what reaches the disk per daemon operation and per syscall
 //! - `daemon`, `http`, `sys`, `rng`  the daemon process, an HTTP client, commands with
 //!   time limits and the cleanup stack, a seeded PRNG
 
+mod adversary;
 mod check;
 mod daemon;
 mod disk;
@@ -33,7 +35,10 @@ const USAGE: &str = "usage:
   crashdisk probe     --daemon BIN [--fs ext4|xfs|both] [--work DIR]
   crashdisk ci        --daemon BIN [--long] [--seed S] [COMMON]
 COMMON: [--engine uring|threads|both] [--durability batch|none] [--work DIR]
-        [--strays-fail] [--verbose]
+        [--strays-fail] [--verbose] [--workers N (default 4)]
+        [--disk-latency-us WRITE,FLUSH (default 0,0)]
+        [--early-writeback never|half|always (default half: journal fdatasync at seeded
+         moments in half the crash states, a legal kernel writeback order)]
   --engine both alternates the io engine from one crash state (or iteration) to the next.
   Exit status: 0 clean, 1 violations found, 2 usage or set-up error.";
 
@@ -111,6 +116,24 @@ impl Args {
                 })
                 .collect(),
             strays_fail: self.has("strays-fail"),
+            disk_latency_us: match self.value("disk-latency-us") {
+                None => None,
+                Some(v) => {
+                    let (w, f) = v.split_once(',').ok_or("--disk-latency-us WRITE,FLUSH")?;
+                    let parse =
+                        |x: &str| x.parse::<u64>().map_err(|_| format!("not a number: {x:?}"));
+                    Some((parse(w)?, parse(f)?))
+                }
+            },
+            adversary: match self.value("early-writeback").unwrap_or("half") {
+                "never" => scenario::Adversarial::Never,
+                "half" => scenario::Adversarial::Half,
+                "always" => scenario::Adversarial::Always,
+                v => return Err(format!("--early-writeback never|half|always: {v:?}")),
+            },
+            workers: self
+                .number("workers", load::WORKERS_DEFAULT as u64)?
+                .clamp(1, 64) as usize,
             verbose: self.has("verbose"),
         })
     }

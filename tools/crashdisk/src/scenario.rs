@@ -17,6 +17,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::adversary::Adversary;
 use crate::check::{self, Findings};
 use crate::daemon::{self, Spec};
 use crate::load::{self, Ledger};
@@ -93,12 +94,26 @@ impl Fs {
     }
 }
 
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Adversarial {
+    Never,
+    /// A seeded half of the crash states (the default).
+    Half,
+    Always,
+}
+
 #[derive(Clone, Debug)]
 pub struct Options {
     pub work: PathBuf,
     pub daemons: Vec<Spec>,
     pub strays_fail: bool,
     pub verbose: bool,
+    /// Client threads of the load.
+    pub workers: usize,
+    /// Early journal writeback (adversary.rs) in which crash states.
+    pub adversary: Adversarial,
+    /// `--disk-latency-us W,F`: each WRITE / FSYNC of the crash disk takes that long.
+    pub disk_latency_us: Option<(u64, u64)>,
 }
 
 /// Totals of one experiment, printed at the end and summed by `ci`.
@@ -291,7 +306,13 @@ fn one_state(
     let delay = Duration::from_millis(200 + rng.below(2300));
     // A third each: every unflushed block lost now; a seeded subset kept now; or the cut
     // at the N-th flush from now, mid-flush (the cache at its fullest), subset kept.
-    let cut = match rng.below(3) {
+    // A quarter each: every unflushed block lost now; a seeded subset kept now; the cut at
+    // the N-th flush from now, mid-flush (the cache at its fullest), subset kept; or the
+    // daemon stopped (SIGSTOP) right after its N-th journal append, the journal written
+    // back early (fdatasync, as the kernel may), then the cut — the state where a record is
+    // on disk and whatever the daemon had not yet synced is not.
+    let cut = match rng.below(4) {
+        3 => format!("append {}", 1 + rng.below(400)),
         0 => "cut".to_string(),
         1 => format!("cut-random {} {}", rng.next_u64() >> 1, rng.below(1001)),
         _ => format!(
@@ -301,10 +322,22 @@ fn one_state(
             rng.below(1001)
         ),
     };
+    // Half the states also get early journal writeback (see adversary.rs).
+    let adversary_period_us = match (opts.adversary, rng.below(2)) {
+        (Adversarial::Never, _) | (Adversarial::Half, 0) => None,
+        _ => Some(200 + rng.below(5000)),
+    };
     let ledger = Arc::new(Mutex::new(Ledger::new(seed, ITEMS_PER_STATE)));
     let mut cleanup = Cleanup::default();
 
     attach(&image, fuse_dir, mnt, &mut cleanup)?;
+    if let Some((write_us, flush_us)) = opts.disk_latency_us {
+        std::fs::write(
+            fuse_dir.join("ctl"),
+            format!("latency {write_us} {flush_us}\n"),
+        )
+        .map_err(|e| format!("latency: {e}"))?;
+    }
     let data_dir = mnt.join("data");
     mkdirs(&data_dir)?;
     let log1 = dir.join("daemon-before.log");
@@ -314,9 +347,24 @@ fn one_state(
     if arming {
         std::fs::write(&ctl, format!("{cut}\n")).map_err(|e| format!("arm: {e}"))?;
     }
-    let workers = load::start_workers(ledger.clone(), running.addr, seed);
+    let workers = load::start_workers(ledger.clone(), running.addr, seed, opts.workers);
+    let adversary = adversary_period_us.map(|p| Adversary::start(&data_dir, seed ^ 0xad, p));
     let load_started = Instant::now();
-    if arming {
+    let stop_at_append = cut
+        .strip_prefix("append ")
+        .and_then(|n| n.parse::<u64>().ok());
+    if let Some(n) = stop_at_append {
+        let journal = data_dir.join("metadata/journal.ndjson");
+        if crate::adversary::wait_for_appends(&journal, n, Duration::from_secs(8))
+            && let Some(child) = cleanup.child(running.slot)
+        {
+            // SAFETY: kill(2) on our child, not yet reaped, so the pid is still ours.
+            unsafe {
+                libc::kill(child.id() as libc::pid_t, libc::SIGSTOP);
+            }
+            crate::adversary::sync_journals(&data_dir);
+        }
+    } else if arming {
         // The disk cuts itself at its N-th flush; a load too slow to get there within the
         // bound gets a plain cut at the bound.
         let dead = || {
@@ -335,7 +383,7 @@ fn one_state(
         // For `arm` an already dead disk ignores this; a live one is cut now.
         std::fs::write(
             &ctl,
-            if arming {
+            if arming || stop_at_append.is_some() {
                 "cut\n".to_string()
             } else {
                 format!("{cut}\n")
@@ -354,6 +402,7 @@ fn one_state(
     for w in workers {
         let _ = w.join();
     }
+    let early_syncs = adversary.map(Adversary::stop);
     let counters = std::fs::read_to_string(fuse_dir.join("ctl")).unwrap_or_default();
     cleanup.unwind_to(0)?;
 
@@ -386,6 +435,9 @@ fn one_state(
         summary.torn_tails += 1;
     }
     let strict = spec.durability == "batch";
+    if let (Some(period), Some(n)) = (adversary_period_us, early_syncs) {
+        let _ = write!(report, "journal fdatasync every ≤{period} µs ({n}), ");
+    }
     let findings = {
         let l = ledger.lock().unwrap_or_else(|p| p.into_inner());
         let f = check::check(&l, running.addr, &data_dir, strict);
@@ -509,7 +561,8 @@ pub fn killloop(opts: &Options, seed: u64, iterations: usize) -> Result<Summary>
             f
         };
         summary.add(&findings, opts.strays_fail, &tag);
-        let workers = load::start_workers(ledger.clone(), running.addr, rng.next_u64());
+        let workers =
+            load::start_workers(ledger.clone(), running.addr, rng.next_u64(), opts.workers);
         std::thread::sleep(delay);
         {
             let mut l = ledger.lock().unwrap_or_else(|p| p.into_inner());

@@ -223,8 +223,5 @@ pub fn terminate(child: &mut Child, limit: Duration) -> Option<std::process::Exi
     unsafe {
         libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
     }
-    match wait_limited(child, limit) {
-        Ok(status) => Some(status),
-        Err(_) => None,
-    }
+    wait_limited(child, limit).ok()
 }
