@@ -157,9 +157,13 @@ fn finish(summaries: &[(String, Summary)], started: Instant) -> i32 {
         println!("{}", s.line(what));
         violations += s.violations.len();
     }
-    for (_, s) in summaries {
-        for v in &s.violations {
-            println!("VIOLATION {v}");
+    // Every state printed its own; the summary repeats a bounded number.
+    for (what, s) in summaries {
+        for v in s.violations.iter().take(100) {
+            println!("VIOLATION {}", v.trim_end());
+        }
+        if s.violations.len() > 100 {
+            println!("… {what}: {} more violations", s.violations.len() - 100);
         }
     }
     if violations > 0 { 1 } else { 0 }

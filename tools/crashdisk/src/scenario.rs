@@ -32,6 +32,8 @@ const ITEMS_PER_STATE: usize = 3000;
 const MOUNT_LIMIT: Duration = Duration::from_secs(60);
 const FSCK_LIMIT: Duration = Duration::from_secs(120);
 const STOP_LIMIT: Duration = Duration::from_secs(20);
+/// Violations printed per crash state (a broken build can produce thousands).
+const VIOLATIONS_SHOWN: usize = 10;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Fs {
@@ -480,9 +482,7 @@ fn one_state(
     }
     let failed = !findings.violations.is_empty();
     summary.add(&findings, opts.strays_fail, tag);
-    for v in &findings.violations {
-        let _ = write!(report, "\n  VIOLATION {v}");
-    }
+    report.push_str(&violation_lines(&findings.violations));
     if let Some(child) = cleanup.child(running.slot) {
         sys::terminate(child, STOP_LIMIT);
     }
@@ -491,6 +491,23 @@ fn one_state(
         keep_failed(opts, &image, tag);
     }
     Ok(report)
+}
+
+/// The first `VIOLATIONS_SHOWN` violations of one state, one per line, and how many more.
+pub fn violation_lines(violations: &[String]) -> String {
+    let mut out: String = violations
+        .iter()
+        .take(VIOLATIONS_SHOWN)
+        .map(|v| format!("\n  VIOLATION {}", v.trim_end()))
+        .collect();
+    if violations.len() > VIOLATIONS_SHOWN {
+        let _ = write!(
+            out,
+            "\n  … and {} more violations",
+            violations.len() - VIOLATIONS_SHOWN
+        );
+    }
+    out
 }
 
 /// Keeps the durable image of a failed state (sparse copy) for a post-mortem.
@@ -588,11 +605,7 @@ pub fn killloop(opts: &Options, seed: u64, iterations: usize) -> Result<Summary>
             tmp,
             findings.tmp_leftovers,
             torn,
-            findings
-                .violations
-                .iter()
-                .map(|v| format!("\n  VIOLATION {v}"))
-                .collect::<String>()
+            violation_lines(&findings.violations)
         );
         drop(l);
     }
@@ -611,10 +624,7 @@ pub fn killloop(opts: &Options, seed: u64, iterations: usize) -> Result<Summary>
                 f.acked_present,
                 f.acked_deletes_gone,
                 f.strays,
-                f.violations
-                    .iter()
-                    .map(|v| format!("\n  VIOLATION {v}"))
-                    .collect::<String>()
+                violation_lines(&f.violations)
             );
             summary.add(&f, opts.strays_fail, &tag);
             // Strays accumulate in one data dir: the last count is the total, not the sum.
