@@ -23,7 +23,8 @@ command -v e2fsck >/dev/null || missing+=(e2fsprogs)
 command -v fusermount3 >/dev/null || missing+=(fuse3)
 if ((${#missing[@]})); then
     echo "run-ci.sh: installing ${missing[*]}" >&2
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 [[ -e /dev/fuse ]] || { echo "run-ci.sh: no /dev/fuse" >&2; exit 2; }
 
@@ -45,7 +46,10 @@ cleanup() {
     for m in $(awk -v w="$work/" 'index($2, w) == 1 { print $2 }' /proc/self/mounts | sort -r); do
         umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true
     done
-    for dev in $(losetup -l -n -O NAME,BACK-FILE 2>/dev/null | awk -v w="$work/" 'index($2, w) == 1 { print $1 }'); do
+    local loops
+    loops=$(losetup -l -n -O NAME,BACK-FILE 2>/dev/null |
+        awk -v w="$work/" 'index($2, w) == 1 { print $1 }')
+    for dev in $loops; do
         losetup -d "$dev" 2>/dev/null || true
     done
 }

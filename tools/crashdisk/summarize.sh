@@ -19,5 +19,7 @@ function hit(k) {
 /^killloop/ { cur = "" }
 /^  VIOLATION/ && cur != "" { hit(cur); hit(all) }
 END {
-    for (k in n) printf "%-28s states %4d, with a violation %4d, first caught at state %s\n", k, n[k], bad[k] + 0, (k in first) ? first[k] : "-"
+    for (k in n)
+        printf "%-28s states %4d, with a violation %4d, first caught at state %s\n",
+            k, n[k], bad[k] + 0, (k in first) ? first[k] : "-"
 }' "$@" | sort
