@@ -8,7 +8,7 @@ function hit(k) {
     if (last[k] != n[k]) { bad[k]++; last[k] = n[k]; if (!(k in first)) first[k] = n[k] }
 }
 /^powerloss: base seed/ { section = $4 }
-/^ci: seed/ { section = $3 }
+/^ci: seed/ { section = $3; sub(/,$/, "", section) }
 /^powerloss fs=/ {
     split($2, f, "="); split($4, e, "=")
     cur = "seed " section " " f[2] " " e[2]; all = "seed " section " " f[2] " all"
