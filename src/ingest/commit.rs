@@ -179,6 +179,8 @@ async fn commit_now(
     }
 
     write_small_files(ctx, &mut files, &first_of, &new_records, tmp_files).await?;
+    // Planted bug for the power-loss harness (tools/crashdisk): no data sync before rename.
+    #[cfg(not(feature = "planted-skip-data-sync"))]
     if !new_records.is_empty() {
         ctx.store.make_durable().await;
     }
@@ -196,6 +198,8 @@ async fn commit_now(
     // The journal record is the commit point: from here the files stay, even if this
     // task is dropped at shutdown (the final sync at exit covers them).
     rollback.armed = false;
+    // Planted bug for the power-loss harness (tools/crashdisk): no sync after the append.
+    #[cfg(not(feature = "planted-skip-journal-sync"))]
     if !lines.is_empty() {
         ctx.store.make_durable().await;
     }

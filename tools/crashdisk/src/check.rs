@@ -1,0 +1,202 @@
+//! The invariants checked after every restart, against the ledger and the daemon's HTTP API.
+//!
+//! - every acknowledged upload is served with the right bytes (BLAKE3 of the download);
+//! - every acknowledged delete answers 404;
+//! - nothing is ever served with wrong bytes, acknowledged or not (a record naming a torn
+//!   file is corruption: dedup would answer the next upload of that content `duplicate`);
+//!   such an item is uploaded again, and if that 200 still serves wrong bytes, an
+//!   acknowledged upload is lost;
+//! - with `none` durability, lost acknowledged uploads and returned deletes are counted,
+//!   not failed (the contract allows them); corruption still fails.
+//! - strays (files under `storage/` that no served record names) and `.tmp` leftovers are
+//!   counted; they fail only with `--strays-fail` (issue 8 makes them fail by default).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use crate::http;
+use crate::load::Ledger;
+
+#[derive(Default, Debug)]
+pub struct Findings {
+    pub violations: Vec<String>,
+    /// Items served with the right bytes now.
+    pub present: Vec<bool>,
+    pub checked: usize,
+    pub acked_present: usize,
+    pub acked_deletes_gone: usize,
+    /// `none` durability only: acknowledged, lost (allowed).
+    pub lost_allowed: usize,
+    /// `none` durability only: deleted, came back (allowed).
+    pub returned_allowed: usize,
+    pub strays: usize,
+    pub stray_examples: Vec<String>,
+    pub tmp_leftovers: usize,
+}
+
+enum Served {
+    Right,
+    Wrong(usize, String),
+    Absent,
+    Error(String),
+}
+
+fn download(addr: SocketAddr, ledger: &Ledger, index: usize) -> Served {
+    let target = format!("/files/download?hash={}", ledger.hex(index));
+    match http::request(addr, "GET", &target, None, &[]) {
+        Ok(r) if r.status == 200 => {
+            if Some(*blake3::hash(&r.body).as_bytes()) == ledger.items[index].hash {
+                Served::Right
+            } else {
+                Served::Wrong(
+                    r.body.len(),
+                    blake3::hash(&r.body).to_hex()[..16].to_string(),
+                )
+            }
+        }
+        Ok(r) if r.status == 404 => Served::Absent,
+        Ok(r) => Served::Error(format!(
+            "HTTP {}: {}",
+            r.status,
+            String::from_utf8_lossy(&r.body[..r.body.len().min(200)])
+        )),
+        Err(e) => Served::Error(e.to_string()),
+    }
+}
+
+/// Checks every item ever sent. `strict`: durability `batch` (a 200 is a promise).
+pub fn check(ledger: &Ledger, addr: SocketAddr, data_dir: &Path, strict: bool) -> Findings {
+    let mut f = Findings {
+        present: vec![false; ledger.items.len()],
+        ..Findings::default()
+    };
+    for index in 0..ledger.items.len() {
+        let state = &ledger.state[index];
+        // put_sent is set when the request is planned, the hash just before it is sent.
+        if !state.put_sent || ledger.items[index].hash.is_none() {
+            continue;
+        }
+        f.checked += 1;
+        let size = ledger.items[index].size;
+        let what = format!("item {index} ({size} B, {})", &ledger.hex(index)[..12]);
+        match download(addr, ledger, index) {
+            Served::Right => {
+                f.present[index] = true;
+                if state.delete_acked {
+                    if strict {
+                        f.violations
+                            .push(format!("{what}: acknowledged DELETE, still served"));
+                    } else {
+                        f.returned_allowed += 1;
+                    }
+                } else if state.put_acked {
+                    f.acked_present += 1;
+                }
+            }
+            Served::Absent => {
+                if state.delete_acked {
+                    f.acked_deletes_gone += 1;
+                } else if state.put_acked && !state.delete_sent {
+                    if strict {
+                        f.violations
+                            .push(format!("{what}: acknowledged upload LOST (404)"));
+                    } else {
+                        f.lost_allowed += 1;
+                    }
+                }
+            }
+            Served::Wrong(len, got) => {
+                let acked = if state.put_acked {
+                    "acknowledged"
+                } else {
+                    "unacknowledged"
+                };
+                f.violations.push(format!(
+                    "{what}: {acked} upload served with WRONG bytes ({len} B, blake3 {got}…)"
+                ));
+                reupload_probe(ledger, addr, index, &what, &mut f);
+            }
+            Served::Error(e) => {
+                let acked = if state.put_acked {
+                    "acknowledged"
+                } else {
+                    "unacknowledged"
+                };
+                f.violations
+                    .push(format!("{what}: {acked} upload, download failed: {e}"));
+                reupload_probe(ledger, addr, index, &what, &mut f);
+            }
+        }
+    }
+    count_strays(ledger, data_dir, &mut f);
+    f
+}
+
+/// A damaged stored copy: does a new upload of the same content heal it, or is it answered
+/// 200 (`duplicate`) while the bytes stay wrong — an acknowledged upload lost?
+fn reupload_probe(ledger: &Ledger, addr: SocketAddr, index: usize, what: &str, f: &mut Findings) {
+    let target = format!("/ingest/media/{}", ledger.name(index, 999_999));
+    let reply = http::request(addr, "PUT", &target, None, &ledger.bytes(index));
+    let status = reply.as_ref().map(|r| r.status).unwrap_or(0);
+    if status != 200 {
+        return;
+    }
+    if !matches!(download(addr, ledger, index), Served::Right) {
+        f.violations.push(format!(
+            "{what}: re-upload after restart answered 200 but the content still is not \
+             served right: acknowledged upload LOST (dedup trusts the damaged copy)"
+        ));
+    }
+}
+
+fn walk(dir: &Path, out: &mut Vec<std::path::PathBuf>, depth: usize) {
+    // The layout is at most 4 levels deep; the bound keeps a symlink loop harmless.
+    if depth > 8 {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        match entry.file_type() {
+            Ok(t) if t.is_dir() => walk(&path, out, depth + 1),
+            Ok(_) => out.push(path),
+            Err(_) => {}
+        }
+    }
+}
+
+pub fn tmp_leftovers(data_dir: &Path) -> usize {
+    let mut files = Vec::new();
+    walk(&data_dir.join("storage/.tmp"), &mut files, 0);
+    files.len()
+}
+
+fn count_strays(ledger: &Ledger, data_dir: &Path, f: &mut Findings) {
+    let mut by_prefix: HashMap<String, usize> = HashMap::new();
+    for index in 0..ledger.items.len() {
+        if f.present[index] {
+            by_prefix.insert(ledger.hex(index)[..12].to_string(), index);
+        }
+    }
+    let storage = data_dir.join("storage");
+    let mut files = Vec::new();
+    walk(&storage, &mut files, 0);
+    for path in files {
+        if path.starts_with(storage.join(".tmp")) {
+            continue;
+        }
+        let name = path.file_name().map(|n| n.to_string_lossy().to_string());
+        let prefix = name.as_deref().and_then(|n| n.get(..12)).unwrap_or("");
+        if !by_prefix.contains_key(prefix) {
+            f.strays += 1;
+            if f.stray_examples.len() < 3 {
+                let relative = path.strip_prefix(data_dir).unwrap_or(&path);
+                f.stray_examples.push(relative.display().to_string());
+            }
+        }
+    }
+    f.tmp_leftovers = tmp_leftovers(data_dir);
+}

@@ -1,0 +1,104 @@
+//! Starting the rhinobox daemon under test and waiting until it listens.
+
+use std::fs::File;
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::sys::{self, Cleanup, Result};
+
+/// Start-up replays the journal; a few thousand records take well under a second.
+const READY_LIMIT: Duration = Duration::from_secs(30);
+
+#[derive(Clone, Debug)]
+pub struct Spec {
+    pub binary: PathBuf,
+    pub engine: String,
+    pub durability: String,
+}
+
+pub struct Running {
+    pub addr: SocketAddr,
+    /// Where the child sits in the cleanup stack.
+    pub slot: usize,
+    pub log: PathBuf,
+}
+
+fn free_port() -> Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind: {e}"))?;
+    Ok(listener.local_addr().map_err(|e| e.to_string())?.port())
+}
+
+pub fn read_log(log: &Path) -> String {
+    let mut text = String::new();
+    if let Ok(mut f) = File::open(log) {
+        let _ = f.read_to_string(&mut text);
+    }
+    text
+}
+
+/// Starts the daemon on `data_dir`, logging to `log`; fails with the log when it exits or
+/// does not listen within `READY_LIMIT`.
+pub fn start(spec: &Spec, data_dir: &Path, log: &Path, cleanup: &mut Cleanup) -> Result<Running> {
+    let port = free_port()?;
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("valid address");
+    let out = File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
+    let err = out.try_clone().map_err(|e| e.to_string())?;
+    let mut command = Command::new(&spec.binary);
+    // Flags only: an inherited RHINOBOX_* variable must not change what is tested.
+    for (key, _) in std::env::vars() {
+        if key.starts_with("RHINOBOX_") {
+            command.env_remove(key);
+        }
+    }
+    let child = command
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("--addr")
+        .arg(addr.to_string())
+        .arg("--durability")
+        .arg(&spec.durability)
+        .arg("--io-engine")
+        .arg(&spec.engine)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .map_err(|e| format!("{}: {e}", spec.binary.display()))?;
+    let slot = cleanup.spawned(child);
+    let mut exited = None;
+    let ready = sys::wait_for("the daemon to listen", READY_LIMIT, || {
+        if read_log(log).contains("rhinobox: listening on") {
+            return true;
+        }
+        if let Some(child) = cleanup.child(slot)
+            && let Ok(Some(status)) = child.try_wait()
+        {
+            exited = Some(status);
+            return true;
+        }
+        false
+    });
+    if let Some(status) = exited {
+        return Err(format!(
+            "daemon exited at start ({status}); log:\n{}",
+            tail(&read_log(log), 2000)
+        ));
+    }
+    ready.map_err(|e| format!("{e}; log:\n{}", tail(&read_log(log), 2000)))?;
+    Ok(Running {
+        addr,
+        slot,
+        log: log.to_path_buf(),
+    })
+}
+
+pub fn tail(text: &str, bytes: usize) -> &str {
+    let mut from = text.len().saturating_sub(bytes);
+    while !text.is_char_boundary(from) {
+        from += 1;
+    }
+    &text[from..]
+}
