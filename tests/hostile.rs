@@ -13,7 +13,7 @@
 
 mod common;
 
-use std::io::{self, ErrorKind, Read, Write};
+use std::io::{self, BufRead, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -1352,4 +1352,79 @@ fn starts_as_ordinary_user_with_usual_memlock_limit() {
         start_as_nobody(&mut findings, flags);
     }
     findings.finish();
+}
+
+/// An upload that pauses mid-file (past the hold limit of an io buffer, so the buffer is
+/// written out and given back at an unaligned offset) is stored with exactly its bytes:
+/// PUT and multipart, a large file (O_DIRECT before and after the pauses) and a small one.
+#[test]
+fn uploads_that_pause_mid_file_are_stored_exactly() {
+    let _serial = serial();
+    let daemon = Daemon::builder().args(&["--workers", "1"]).start();
+    for (size, seed) in [(3 * 1024 * 1024 + 12_345u64, 71u64), (150_000, 72)] {
+        let file = TestFile::named("paused.mp4", MediaKind::Mp4, size, seed);
+        for multipart in [false, true] {
+            let (head, body) = if multipart {
+                let form = form_of(std::slice::from_ref(&file));
+                let boundary = form.boundary().to_string();
+                let (_, body) = form.finish();
+                let head = format!(
+                    "POST /ingest/media HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; \
+                     boundary={boundary}\r\nContent-Length: {}\r\n\r\n",
+                    body.len()
+                );
+                (head, body)
+            } else {
+                let head = format!(
+                    "PUT /ingest/media/paused.mp4 HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+                    file.bytes.len()
+                );
+                (head, file.bytes.clone())
+            };
+            let mut stream = TcpStream::connect(daemon.addr).unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(20)))
+                .unwrap();
+            stream.write_all(head.as_bytes()).unwrap();
+            // Pieces with pauses past the 100 ms hold limit at unaligned offsets.
+            let cuts = [body.len() / 2 + 7, body.len() / 2 + 70_001, body.len() - 3];
+            let mut sent = 0;
+            for cut in cuts.into_iter().chain([body.len()]) {
+                stream.write_all(&body[sent..cut]).unwrap();
+                sent = cut;
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            let mut reply = Vec::new();
+            let mut reader = std::io::BufReader::new(stream);
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            assert!(
+                line.starts_with("HTTP/1.1 200"),
+                "{size} {multipart}: {line}"
+            );
+            let mut length = 0usize;
+            loop {
+                line.clear();
+                reader.read_line(&mut line).unwrap();
+                if line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap();
+                }
+            }
+            reply.resize(length, 0);
+            reader.read_exact(&mut reply).unwrap();
+            let json: serde_json::Value = serde_json::from_slice(&reply).unwrap();
+            assert_eq!(json["stored"][0]["hash"], file.hash().as_str(), "{json}");
+            let stored =
+                std::fs::read(daemon.disk_path(json["stored"][0]["path"].as_str().unwrap()))
+                    .unwrap();
+            assert_eq!(stored.len() as u64, size);
+            assert_eq!(rhinobox::client::blake3_hex(&stored), file.hash());
+            // The second round stores the same content: remove it to store it again.
+            let deleted = daemon.request("DELETE", &format!("/files/{}", file.hash()), &[], &[]);
+            assert_eq!(deleted.status, 200, "{}", deleted.text());
+        }
+    }
 }

@@ -7,8 +7,11 @@
 //!
 //! A buffer is a shared resource of the core: a writer holds one only while bytes flow.
 //! [`UringWriter::release`] writes out what a buffer holds and gives it back (the caller
-//! does so when the client pauses); the file then counts as slow and continues in small
-//! buffers through the page cache, so trickling clients never pin the few large buffers.
+//! does so when the client pauses). The file offset is then unaligned: the next buffer is a
+//! small one filled only up to the next 4096-byte boundary, after which the file goes on
+//! in large buffers with O_DIRECT, so one pause does not cost a large upload its direct
+//! writes. (Trickling clients never get that far: the caller stages a small buffer's worth
+//! before it writes again.)
 //! Waiting for a buffer is bounded ([`Limits::io_buffer_wait_max`]): a full pool answers
 //! with a `TimedOut` error (503) instead of waiting forever.
 
@@ -78,7 +81,6 @@ impl UringIo {
             buffered: None,
             direct: None,
             direct_unsupported: false,
-            slow: false,
             filling: None,
             taken_at: None,
             filled: 0,
@@ -101,8 +103,6 @@ pub struct UringWriter {
     buffered: Option<Rc<File>>,
     direct: Option<Rc<File>>,
     direct_unsupported: bool,
-    /// The client paused mid-file once: small buffers and the page cache from then on.
-    slow: bool,
     filling: Option<FixedBuf>,
     /// When `filling` was checked out.
     taken_at: Option<Instant>,
@@ -125,13 +125,13 @@ impl UringWriter {
                 self.filling = Some(buffer);
                 self.taken_at = Some(Instant::now());
             }
+            let fill_max = self.fill_max();
             let buf = self.filling.as_mut().expect("buffer checked out above");
-            let cap = buf.len();
-            let n = (cap - self.filled).min(data.len());
+            let n = (fill_max - self.filled).min(data.len());
             buf[self.filled..self.filled + n].copy_from_slice(&data[..n]);
             self.filled += n;
             data = &data[n..];
-            if self.filled == cap {
+            if self.filled == fill_max {
                 self.write_full_buffer().await?;
             }
         }
@@ -144,13 +144,12 @@ impl UringWriter {
     }
 
     /// Writes what the buffer being filled holds (through the page cache) and gives the
-    /// buffer back to the pool; the file continues as a slow one.
+    /// buffer back to the pool.
     pub async fn release(&mut self) -> io::Result<()> {
         let Some(buf) = self.filling.take() else {
             return Ok(());
         };
         self.taken_at = None;
-        self.slow = true;
         if self.filled == 0 {
             return Ok(());
         }
@@ -164,8 +163,21 @@ impl UringWriter {
         Ok(())
     }
 
+    /// How full the buffer being filled gets before it is written: all of it, except past
+    /// the first buffer at an unaligned offset (after a release), where it fills only up to
+    /// the next 4096-byte boundary so that the buffers after it can go out with O_DIRECT.
+    fn fill_max(&self) -> usize {
+        let cap = self.filling.as_ref().map_or(0, |b| b.len());
+        let misalignment = (self.offset % ALIGN_BYTES as u64) as usize;
+        if self.offset > 0 && misalignment != 0 {
+            (ALIGN_BYTES - misalignment).min(cap)
+        } else {
+            cap
+        }
+    }
+
     fn next_capacity(&self) -> usize {
-        if self.offset == 0 || self.slow {
+        if self.offset == 0 || !self.offset.is_multiple_of(ALIGN_BYTES as u64) {
             self.io.small_bytes
         } else {
             self.io.large_bytes
@@ -179,12 +191,13 @@ impl UringWriter {
         }
         let buf = self.filling.take().expect("a full buffer");
         self.taken_at = None;
-        let file = self.target_for(buf.len()).await?;
+        let len = self.filled;
+        let file = self.target_for(len).await?;
         let offset = self.offset;
-        self.offset += self.filled as u64;
+        self.offset += len as u64;
         self.filled = 0;
         self.in_flight.push_back(tokio_uring::spawn(async move {
-            let (result, slice) = file.write_fixed_all_at(buf.slice(..), offset).await;
+            let (result, slice) = file.write_fixed_all_at(buf.slice(..len), offset).await;
             drop(slice);
             result
         }));
@@ -216,7 +229,7 @@ impl UringWriter {
     /// O_DIRECT for a full large buffer of a large file, else the page cache.
     async fn target_for(&mut self, buffer_bytes: usize) -> io::Result<Rc<File>> {
         let buffered = self.buffered_file().await?;
-        // O_DIRECT needs an aligned file offset: a slow file's partial writes end that.
+        // O_DIRECT needs an aligned file offset (a realigning buffer is small anyway).
         let large = buffer_bytes == self.io.large_bytes
             && self.offset.is_multiple_of(ALIGN_BYTES as u64)
             && self.offset + buffer_bytes as u64 >= self.io.direct_bytes_min;
