@@ -12,6 +12,7 @@
 //! is done. Every answer is checked; a failed request counts its files as errors, the
 //! first messages are kept, and the connection is reopened.
 
+use std::io::ErrorKind;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
@@ -318,7 +319,13 @@ fn send_checked(
     let open = connection.as_mut().expect("connected above");
     let response = send(open, endpoint, prepared).map_err(|e| {
         *connection = None;
-        format!("request: {e}")
+        // A socket timeout reads as EAGAIN ("Resource temporarily unavailable").
+        match (e.kind(), timeout) {
+            (ErrorKind::WouldBlock | ErrorKind::TimedOut, Some(timeout)) => {
+                format!("request: timed out (nothing for {timeout:?})")
+            }
+            _ => format!("request: {e}"),
+        }
     })?;
     check(endpoint.mode, &response, &prepared.expected)
 }

@@ -6,6 +6,7 @@
 //! rhinobox-bench --url http://127.0.0.1:8090      # any server with POST /ingest/media
 //! rhinobox-bench --url http://127.0.0.1:8090 --compare http://127.0.0.1:8091
 //! rhinobox-bench --put --scenarios put --compare http://127.0.0.1:8080/dav
+//! rhinobox-bench --scenarios hostile --workers 2 --daemon-bin /path/to/old/rhinobox
 //! ```
 
 use std::path::PathBuf;
