@@ -12,6 +12,7 @@
 //! is done. Every answer is checked; a failed request counts its files as errors, the
 //! first messages are kept, and the connection is reopened.
 
+use std::io::ErrorKind;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
@@ -36,6 +37,13 @@ pub struct LoadSpec {
     pub workload: Workload,
     /// Open loop: requests per second over all clients.
     pub rate: Option<f64>,
+    /// Bound on connecting and on every read and write of a request (default: the
+    /// client's [`crate::client::http::TIMEOUT_DEFAULT`]); a server that stalls shows as
+    /// failed requests, not as a hung run.
+    pub request_timeout: Option<Duration>,
+    /// Bound on the measured part of the run: a client sends no request after this much
+    /// time; the requests it did not send count as failed (with one error message).
+    pub run_time_max: Option<Duration>,
 }
 
 /// What a run measured.
@@ -217,10 +225,11 @@ fn client_main(
     let requests: Vec<Prepared> = (0..total)
         .map(|request| spec.workload.prepare(client, request, warmup))
         .collect();
-    let mut connection = Connection::connect(endpoint.addr).ok();
+    let timeout = spec.request_timeout;
+    let mut connection = connect(endpoint, timeout).ok();
     let mut tally = ClientTally::default();
     for prepared in &requests[..warmup] {
-        if let Err(error) = send_checked(&mut connection, endpoint, prepared) {
+        if let Err(error) = send_checked(&mut connection, endpoint, timeout, prepared) {
             tally.errors.push(format!("warm-up: {error}"));
         }
     }
@@ -231,7 +240,12 @@ fn client_main(
         .expect("start lock")
         .expect("start set before release");
     tally.latencies_ns.reserve(spec.requests_per_client);
+    let stop_at = spec.run_time_max.map(|max| started + max);
     for (index, prepared) in requests[warmup..].iter().enumerate() {
+        if stop_at.is_some_and(|stop_at| Instant::now() >= stop_at) {
+            count_unsent(&mut tally, &requests[warmup + index..]);
+            break;
+        }
         let due = spec.rate.map(|rate| {
             let global = index * spec.clients + client;
             started + Duration::from_secs_f64(global as f64 / rate)
@@ -243,7 +257,7 @@ fn client_main(
             }
         }
         let sent = due.unwrap_or_else(Instant::now);
-        let result = send_checked(&mut connection, endpoint, prepared);
+        let result = send_checked(&mut connection, endpoint, timeout, prepared);
         tally.latencies_ns.push(sent.elapsed().as_nanos() as u64);
         tally.requests += 1;
         let files = prepared.expected.len() as u64;
@@ -269,6 +283,24 @@ fn client_main(
     tally
 }
 
+/// Counts requests a client did not send before the run's time limit as failed.
+fn count_unsent(tally: &mut ClientTally, unsent: &[Prepared]) {
+    let files: u64 = unsent.iter().map(|p| p.expected.len() as u64).sum();
+    tally.failed_requests += unsent.len() as u64;
+    tally.failed_files += files;
+    if tally.errors.len() < ERROR_SAMPLES_MAX {
+        let message = format!("run time limit reached: {} requests not sent", unsent.len());
+        tally.errors.push(message);
+    }
+}
+
+fn connect(endpoint: &Endpoint, timeout: Option<Duration>) -> std::io::Result<Connection> {
+    match timeout {
+        Some(timeout) => Connection::connect_timeout(endpoint.addr, timeout),
+        None => Connection::connect(endpoint.addr),
+    }
+}
+
 struct Checked {
     duplicates: u64,
     unverified: u64,
@@ -278,16 +310,22 @@ struct Checked {
 fn send_checked(
     connection: &mut Option<Connection>,
     endpoint: &Endpoint,
+    timeout: Option<Duration>,
     prepared: &Prepared,
 ) -> Result<Checked, String> {
     if connection.as_ref().is_none_or(|c| c.is_closed()) {
-        *connection =
-            Some(Connection::connect(endpoint.addr).map_err(|e| format!("connect: {e}"))?);
+        *connection = Some(connect(endpoint, timeout).map_err(|e| format!("connect: {e}"))?);
     }
     let open = connection.as_mut().expect("connected above");
     let response = send(open, endpoint, prepared).map_err(|e| {
         *connection = None;
-        format!("request: {e}")
+        // A socket timeout reads as EAGAIN ("Resource temporarily unavailable").
+        match (e.kind(), timeout) {
+            (ErrorKind::WouldBlock | ErrorKind::TimedOut, Some(timeout)) => {
+                format!("request: timed out (nothing for {timeout:?})")
+            }
+            _ => format!("request: {e}"),
+        }
     })?;
     check(endpoint.mode, &response, &prepared.expected)
 }

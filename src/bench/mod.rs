@@ -14,10 +14,13 @@
 //!   the file system allows".
 //! - [`index_scale`]: a journal of a million records written through the library, and
 //!   the daemon's start-up time and memory on it.
+//! - [`hostile`]: normal clients beside trickling uploads, searches over a large index,
+//!   and connection floods (issue 7).
 //! - [`report`]: one result per run, the seed table, the targets table, JSON.
 //! - [`scenarios`]: the suites that tie the rest together.
 
 pub mod ceiling;
+pub mod hostile;
 pub mod index_scale;
 pub mod load;
 pub mod report;

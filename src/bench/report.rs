@@ -44,6 +44,8 @@ pub struct RunResult {
     pub server_rss_growth_mib_per_1000_files: Option<f64>,
     pub ceiling_files_per_s: Option<f64>,
     pub pct_of_ceiling: Option<f64>,
+    /// `/proc/loadavg` as the run ended (the host is shared).
+    pub load_average: String,
 }
 
 /// Fields of a [`RunResult`] that come from the plan rather than the measurement.
@@ -96,6 +98,7 @@ impl RunResult {
                 .map(|(b, a)| (a.rss_kib as f64 - b.rss_kib as f64) / 1024.0 / files * 1000.0),
             ceiling_files_per_s: None,
             pct_of_ceiling: None,
+            load_average: super::target::load_average(),
         }
     }
 
@@ -121,6 +124,7 @@ impl RunResult {
                 .unwrap_or("-".into()),
             self.failed_files,
         );
+        line.push_str(&format!("  load {}", self.load_average));
         if let Some(pct) = self.pct_of_ceiling {
             line.push_str(&format!("  {pct:.0}% of fs ceiling"));
         }

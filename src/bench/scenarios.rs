@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use super::ceiling::{self, CeilingOutcome, CeilingSpec};
+use super::hostile::{self, HostileOutcome, HostileSpec};
 use super::index_scale::{self, IndexOutcome};
 use super::load::{self, LoadSpec};
 use super::report::{RunLabels, RunResult};
@@ -58,6 +59,13 @@ pub struct Options {
     pub max_workers: usize,
     pub ceiling_threads: usize,
     pub index_records: usize,
+    /// Trickling uploads per daemon core in `hostile:trickle`.
+    pub trickle_per_core: usize,
+    /// Clients searching without pause in `hostile:search`.
+    pub search_clients: usize,
+    /// Connections per cycle and cycles of `hostile:floods`.
+    pub flood_connections: usize,
+    pub flood_cycles: usize,
     pub groups: Vec<String>,
 }
 
@@ -99,6 +107,7 @@ pub struct SuiteOutcome {
     pub runs: Vec<RunResult>,
     pub ceilings: Vec<(CeilingSpec, CeilingOutcome)>,
     pub index: Option<IndexOutcome>,
+    pub hostile: HostileOutcome,
     pub notes: Vec<String>,
 }
 
@@ -123,6 +132,10 @@ pub fn run_suite(options: &Options) -> SuiteOutcome {
         eprintln!("== {name}");
         if name == "index" {
             suite.index();
+            continue;
+        }
+        if let Some(shape) = name.strip_prefix("hostile:") {
+            suite.hostile(shape);
             continue;
         }
         match build_group(name, options).or_else(|| build_varied(name, options)) {
@@ -292,6 +305,8 @@ impl Suite<'_> {
                 mode,
             },
             rate: plan.rate,
+            request_timeout: None,
+            run_time_max: None,
         };
         let scenario = format!("{group}/{}", plan.name);
         let outcome = load::run(&endpoint, server.pid, &spec, &scenario);
@@ -414,6 +429,134 @@ impl Suite<'_> {
             Err(error) => self.note(format!("index: {error}")),
         }
     }
+}
+
+impl Suite<'_> {
+    /// One shape of the hostile group (`trickle`, `search`, `floods`), on a daemon started
+    /// for it on a fresh data dir (`search`: with a journal of `index_records` records
+    /// written first) or on the `--url` target (`search` then uses what it holds).
+    fn hostile(&mut self, shape: &str) {
+        if !matches!(shape, "trickle" | "search" | "floods") {
+            self.note(format!("unknown hostile shape {shape:?} (skipped)"));
+            return;
+        }
+        if self.options.compare.is_some() {
+            self.note(format!(
+                "hostile:{shape}: runs on one target (no --compare); run it per target"
+            ));
+            return;
+        }
+        let spec = self.hostile_spec();
+        let records = self.options.index_records;
+        let (daemon, addr, pid, desc) = match &self.options.url {
+            Some(url) => match super::target::Endpoint::parse(url, Mode::Post) {
+                Ok(endpoint) => (None, endpoint.addr, self.options.pid, url.clone()),
+                Err(error) => return self.note(format!("hostile:{shape}: {error}")),
+            },
+            None => match self.start_hostile_daemon(shape, records) {
+                Ok(daemon) => {
+                    let desc = format!(
+                        "{} durability={} io-engine={} workers={}",
+                        self.options.daemon.bin.display(),
+                        self.options.daemon.durability,
+                        self.options.daemon.io_engine,
+                        self.options.daemon.workers
+                    );
+                    let (addr, pid) = (daemon.addr, Some(daemon.pid));
+                    (Some(daemon), addr, pid, desc)
+                }
+                Err(error) => return self.note(format!("hostile:{shape}: {error}")),
+            },
+        };
+        let target = hostile::Target {
+            addr,
+            pid,
+            desc: &desc,
+            durability: Some(self.options.daemon.durability.clone()),
+        };
+        match shape {
+            "trickle" => {
+                let outcome = hostile::trickle_shape(&target, &spec);
+                for round in &outcome.rounds {
+                    self.outcome.runs.push(round.calm.clone());
+                    self.outcome.runs.push(round.trickled.clone());
+                }
+                self.outcome.hostile.trickle = Some(outcome);
+            }
+            "search" => {
+                let records = if daemon.is_some() {
+                    records
+                } else {
+                    files_reported(addr).unwrap_or(records)
+                };
+                let outcome = hostile::search_shape(&target, &spec, records);
+                for round in &outcome.rounds {
+                    self.outcome.runs.push(round.alone.clone());
+                    self.outcome.runs.push(round.searched.clone());
+                }
+                self.outcome.hostile.search = Some(outcome);
+            }
+            _ => self.outcome.hostile.floods = Some(hostile::flood_shape(&target, &spec)),
+        }
+        self.outcome.hostile.spec = Some(spec);
+        if let Some(daemon) = daemon
+            && let Err(error) = daemon.stop()
+        {
+            self.note(format!(
+                "hostile:{shape}: daemon did not stop cleanly: {error}"
+            ));
+        }
+    }
+
+    fn hostile_spec(&self) -> HostileSpec {
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        let workers = self.options.daemon.workers;
+        HostileSpec {
+            trickle_per_core: self.options.trickle_per_core,
+            cores: if workers == 0 { cores } else { workers },
+            search_clients: self.options.search_clients,
+            flood_connections: self.options.flood_connections,
+            flood_cycles: self.options.flood_cycles,
+            flood_hold_s: 2.0,
+            rounds: self.options.rounds.max(1),
+            scale: self.options.scale,
+        }
+    }
+
+    fn start_hostile_daemon(&mut self, shape: &str, records: usize) -> Result<Daemon, String> {
+        let spec = &self.options.daemon;
+        let name = format!("hostile-{shape}-{}-w{}", spec.io_engine, spec.workers);
+        let dir = self.fresh_dir(&name);
+        let data_dir = dir.join("data");
+        if shape == "search" {
+            let written = std::time::Instant::now();
+            let bytes = index_scale::write_journal(&data_dir, records)
+                .map_err(|e| format!("writing the journal: {e}"))?;
+            eprintln!(
+                "  journal of {records} records ({:.0} MiB) written in {:.1} s",
+                bytes as f64 / (1 << 20) as f64,
+                written.elapsed().as_secs_f64()
+            );
+        }
+        let daemon = Daemon::start(&self.options.daemon, &data_dir, &dir.join("daemon.log"))?;
+        eprintln!(
+            "  daemon pid {} on {} ready in {:.2} s",
+            daemon.pid,
+            daemon.addr,
+            daemon.ready_after.as_secs_f64()
+        );
+        Ok(daemon)
+    }
+}
+
+/// The file count a server reports in `GET /statistics`.
+fn files_reported(addr: std::net::SocketAddr) -> Option<usize> {
+    let response = crate::client::http::request_once(addr, "GET", "/statistics", &[], b"").ok()?;
+    response.try_json().ok()?["files"]
+        .as_u64()
+        .map(|n| n as usize)
 }
 
 /// Removes the suite's data dirs.
@@ -553,6 +696,10 @@ fn build_group(name: &str, options: &Options) -> Option<Group> {
 fn expand(name: &str, options: &Options) -> Vec<String> {
     match name {
         "durability" => vec!["durability:none".into(), "durability:batch".into()],
+        "hostile" => ["trickle", "search", "floods"]
+            .iter()
+            .map(|shape| format!("hostile:{shape}"))
+            .collect(),
         "engines" => vec!["engines:uring".into(), "engines:threads".into()],
         "workers" => (1..=options.max_workers.max(1))
             .map(|w| format!("workers:{w}"))

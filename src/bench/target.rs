@@ -226,6 +226,15 @@ pub fn sample(pid: u32) -> Option<ProcSample> {
     })
 }
 
+/// The system's load average as `/proc/loadavg` has it (1, 5, 15 min, runnable/total,
+/// last pid), recorded with every figure: the hosts this runs on are shared.
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
 /// Resets VmHWM to the current RSS (Linux ≥ 4.0); false when not permitted.
 pub fn reset_peak(pid: u32) -> bool {
     std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok()

@@ -6,6 +6,7 @@
 //! rhinobox-bench --url http://127.0.0.1:8090      # any server with POST /ingest/media
 //! rhinobox-bench --url http://127.0.0.1:8090 --compare http://127.0.0.1:8091
 //! rhinobox-bench --put --scenarios put --compare http://127.0.0.1:8080/dav
+//! rhinobox-bench --scenarios hostile --workers 2 --daemon-bin /path/to/old/rhinobox
 //! ```
 
 use std::path::PathBuf;
@@ -14,9 +15,11 @@ use std::process::ExitCode;
 use clap::Parser;
 use serde_json::json;
 
+use rhinobox::bench::hostile;
 use rhinobox::bench::report::{self, RunResult};
 use rhinobox::bench::scenarios::{self, Options, STANDARD};
 use rhinobox::bench::target::DaemonSpec;
+use rhinobox::bench::target::load_average;
 
 /// Load generator for rhinobox and any server that speaks POST /ingest/media or PUT.
 #[derive(Parser, Debug)]
@@ -40,7 +43,9 @@ struct Cli {
     #[arg(long)]
     put: bool,
     /// Scenario groups, comma-separated: seed, latency, sizes, concurrency, dedup,
-    /// durability, engines, workers, put, index; `standard` = all of them.
+    /// durability, engines, workers, put, index; `standard` = all of them. Not in
+    /// `standard`: hostile (= hostile:trickle, hostile:search, hostile:floods, each on a
+    /// daemon of its own; one target only, no --compare).
     #[arg(long, default_value = "standard", value_delimiter = ',')]
     scenarios: Vec<String>,
     /// Multiplies the request counts of every scenario (1.0 finishes in a few minutes on
@@ -81,9 +86,23 @@ struct Cli {
     /// Threads of the fs ceiling (default: the number of cores).
     #[arg(long)]
     ceiling_threads: Option<usize>,
-    /// Journal records of the `index` group.
+    /// Journal records of the `index` group and of `hostile:search`.
     #[arg(long, default_value_t = 1_000_000)]
     index_records: usize,
+    /// hostile:trickle: trickling uploads per daemon core (--workers, 0 = every core)
+    /// beside the normal clients: each sends a multipart head with a 100 MB
+    /// Content-Length, 1000 B (every fifth 200 KiB), then one byte per second.
+    #[arg(long, default_value_t = 200)]
+    trickle_per_core: usize,
+    /// hostile:search: clients searching and listing without pause beside ingest.
+    #[arg(long, default_value_t = 4)]
+    search_clients: usize,
+    /// hostile:floods: connections opened, held 2 s and closed per cycle.
+    #[arg(long, default_value_t = 2000)]
+    flood_connections: usize,
+    /// hostile:floods: cycles.
+    #[arg(long, default_value_t = 5)]
+    flood_cycles: usize,
     /// Write every figure as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -123,6 +142,10 @@ fn main() -> ExitCode {
         max_workers: cli.max_workers.unwrap_or(cores),
         ceiling_threads: cli.ceiling_threads.unwrap_or(cores),
         index_records: cli.index_records,
+        trickle_per_core: cli.trickle_per_core,
+        search_clients: cli.search_clients,
+        flood_connections: cli.flood_connections,
+        flood_cycles: cli.flood_cycles,
         groups,
     };
     if options.url.is_none() && !options.daemon.bin.exists() {
@@ -155,6 +178,7 @@ fn main() -> ExitCode {
         &targets,
     );
     print_workers(&suite.runs);
+    hostile::print_summary(&suite.hostile);
     if let Some(b) = &options.compare {
         let a = options
             .url
@@ -172,6 +196,7 @@ fn main() -> ExitCode {
             "runs": suite.runs,
             "ceilings": suite.ceilings,
             "index": suite.index,
+            "hostile": suite.hostile,
             "seed_table": seed,
             "targets": targets,
             "comparisons": comparisons,
@@ -238,11 +263,4 @@ fn setup(cores: usize) -> serde_json::Value {
         "cores": cores,
         "load_before": load_average(),
     })
-}
-
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .unwrap_or_default()
-        .trim()
-        .to_string()
 }

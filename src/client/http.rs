@@ -81,10 +81,20 @@ pub struct Connection {
 impl Connection {
     /// Connects, with Nagle off and [`TIMEOUT_DEFAULT`] for reads and writes.
     pub fn connect(addr: impl ToSocketAddrs) -> io::Result<Connection> {
-        let stream = TcpStream::connect(addr)?;
+        Connection::from_stream(TcpStream::connect(addr)?, TIMEOUT_DEFAULT)
+    }
+
+    /// Connects within `timeout` and uses it for every read and write as well, so that
+    /// nothing a stalled server does can hold the caller longer than `timeout` per step
+    /// (the benchmark harness against hostile loads).
+    pub fn connect_timeout(addr: SocketAddr, timeout: Duration) -> io::Result<Connection> {
+        Connection::from_stream(TcpStream::connect_timeout(&addr, timeout)?, timeout)
+    }
+
+    fn from_stream(stream: TcpStream, timeout: Duration) -> io::Result<Connection> {
         stream.set_nodelay(true)?;
-        stream.set_read_timeout(Some(TIMEOUT_DEFAULT))?;
-        stream.set_write_timeout(Some(TIMEOUT_DEFAULT))?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
         let host = stream.peer_addr()?.to_string();
         let writer = stream.try_clone()?;
         Ok(Connection {
