@@ -1,15 +1,15 @@
-//! The journal: `store::journal::decode_line` per line and `parse` of a whole image.
+//! The journal line decoder: `store::journal::decode_line` and `decode_line_view` on each
+//! line of the input. Whole-image replay (`parse`) is the `journal_replay` target: it
+//! costs two 8 MiB fills per call (its read block), 400 runs/s against 10^5 here.
 //!
 //! Invariants: no panic; a line that decodes re-encodes (`encode_line`) to a line that
 //! decodes to the same entry; what `decode_line` accepts, replay's borrowing decoder
-//! (`decode_line_view`, through `parse`) accepts with the same fields; replay's numbers
-//! add up (`valid_len + torn_tail_bytes == len`, one entry per record), and replaying the
-//! valid prefix again finds the same entries and no torn tail.
+//! (`decode_line_view`) accepts with the same fields.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use rhinobox::store::journal::{
-    EntryView, JournalEntry, decode_line, decode_line_view, encode_line, parse,
+    EntryView, JournalEntry, decode_line, decode_line_view, encode_line,
 };
 
 fn check_line(line: &[u8]) {
@@ -40,20 +40,4 @@ fuzz_target!(|data: &[u8]| {
     for line in data.split(|&b| b == b'\n') {
         check_line(line);
     }
-    let Ok((entries, replay, valid_len)) = parse(data) else {
-        return;
-    };
-    let len = data.len() as u64;
-    assert!(valid_len <= len);
-    assert_eq!(valid_len + replay.torn_tail_bytes, len);
-    assert_eq!(entries.len(), replay.records);
-    let valid = &data[..valid_len as usize];
-    assert!(
-        valid.is_empty() || valid.ends_with(b"\n"),
-        "valid prefix ends mid-line"
-    );
-    let (again, replay_again, valid_len_again) = parse(valid).expect("valid prefix refused");
-    assert_eq!(again, entries, "valid prefix replays differently");
-    assert_eq!(replay_again.torn_tail_bytes, 0);
-    assert_eq!(valid_len_again, valid_len);
 });
