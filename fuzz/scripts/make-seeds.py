@@ -134,12 +134,14 @@ def journal():
 
     lines = [encode_line(put(1, "photo.jpg")), encode_line(put(2, "café.jpg")),
              encode_line(delete(1))]
-    write("journal", "clean", b"".join(lines))
-    write("journal", "torn-tail", b"".join(lines) + lines[0][:37])
     corrupt = bytearray(lines[1])
     corrupt[20] ^= 1
-    write("journal", "corrupt-middle", lines[0] + bytes(corrupt) + lines[2])
-    write("journal", "one-put", lines[1])
+    # The line decoder (`journal`) and whole-image replay (`journal_replay`) share seeds.
+    for target in ["journal", "journal_replay"]:
+        write(target, "clean", b"".join(lines))
+        write(target, "torn-tail", b"".join(lines) + lines[0][:37])
+        write(target, "corrupt-middle", lines[0] + bytes(corrupt) + lines[2])
+        write(target, "one-put", lines[1])
 
 
 def http_errors():
