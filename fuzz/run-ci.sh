@@ -31,11 +31,13 @@ failed=()
 for target in $(cargo fuzz list); do
     mkdir -p "corpus-work/$target" "artifacts/$target" "regressions/$target"
     echo "=== fuzz $target: ${SECONDS_PER_TARGET}s"
-    # -timeout: one input taking a second is a finding (every parser here is linear);
+    # -timeout: every parser here is linear and inputs are at most 4 KiB, so 10 s on one
+    # input is a finding (1 s gave false timeouts on a host shared at load 10 on 2 cores);
     # -rss_limit_mb: the parsers are bounded, a few hundred MiB is a leak or a bomb.
+    # -jobs=1 -workers=1: one process (the log goes to fuzz-0.log, copied out at the end).
     if ! cargo fuzz run "${FLAGS[@]}" "$target" \
         "corpus-work/$target" "corpus/$target" "regressions/$target" -- \
-        -max_total_time="$SECONDS_PER_TARGET" -timeout=1 -rss_limit_mb=1024 \
+        -max_total_time="$SECONDS_PER_TARGET" -timeout=10 -rss_limit_mb=1024 \
         -workers=1 -jobs=1 -print_final_stats=1 \
         -artifact_prefix="artifacts/$target/" 2>&1 | tail -n 25; then
         failed+=("$target")
