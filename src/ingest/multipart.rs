@@ -194,7 +194,11 @@ impl MultipartParser {
     /// Looks for the first delimiter; `false` when more input is needed.
     fn preamble(&mut self) -> Result<bool, MultipartError> {
         let from = self.scanned;
-        if let Some(at) = self.finder.find(&self.buffer[from..]) {
+        // A boundary past the limit fails below too, in whatever chunk it came (fuzz finding).
+        let within = |at: &usize| {
+            (self.discarded + from + at).saturating_sub(2) <= self.limits.preamble_bytes_max
+        };
+        if let Some(at) = self.finder.find(&self.buffer[from..]).filter(within) {
             self.buffer.advance(from + at + self.delimiter.len());
             self.enter(State::AfterDelimiter);
             return Ok(true);
@@ -524,6 +528,34 @@ mod tests {
         let body = vec![b'x'; 64 * 1024];
         let err = parse(&body, 1000, MultipartLimits::default()).unwrap_err();
         assert!(err.contains("no boundary within"), "{err}");
+    }
+
+    /// Fuzz finding (fuzz/regressions/multipart/preamble-limit-one-chunk): a preamble over
+    /// its limit was refused when pushed in small chunks but accepted when the boundary
+    /// came in the same chunk, so acceptance depended on how the socket read the body.
+    #[test]
+    fn preamble_limit_holds_when_the_boundary_is_in_the_same_chunk() {
+        let limits = MultipartLimits {
+            preamble_bytes_max: 0,
+            ..MultipartLimits::default()
+        };
+        let body = b"\0\r\n--XyZ--";
+        for chunk in [1, 2, body.len()] {
+            let err = parse(body, chunk, limits).unwrap_err();
+            assert!(err.contains("no boundary within"), "chunk {chunk}: {err}");
+        }
+        let mut body = vec![b'p'; MultipartLimits::default().preamble_bytes_max + 1];
+        body.extend_from_slice(b"\r\n--XyZ--");
+        for chunk in [1000, body.len()] {
+            let err = parse(&body, chunk, MultipartLimits::default()).unwrap_err();
+            assert!(err.contains("no boundary within"), "chunk {chunk}: {err}");
+        }
+        // At the limit exactly, every chunking accepts.
+        body.remove(0);
+        for chunk in [1, 1000, body.len()] {
+            let events = parse(&body, chunk, MultipartLimits::default()).unwrap();
+            assert_eq!(events, vec![Event::Finished], "chunk {chunk}");
+        }
     }
 
     /// Truncated bodies fail wherever they stop.

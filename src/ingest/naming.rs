@@ -131,6 +131,8 @@ pub fn sanitize(input: &str, fallback: &str) -> String {
             break;
         }
     }
+    // A separator and a character may both land on the last step (fuzz finding).
+    out.truncate(SANITIZED_BYTES_MAX);
     let trimmed = out.trim_matches(|c| c == '_' || c == '-');
     if trimmed.is_empty() {
         fallback.to_string()
@@ -220,5 +222,17 @@ mod tests {
         assert_eq!(stem_of("photo1.jpg"), "photo1");
         assert_eq!(stem_of(".bashrc"), ".bashrc");
         assert_eq!(stem_of("C:\\x\\y.png"), "y");
+    }
+
+    /// Fuzz finding (fuzz/regressions/disposition/sanitized-101-bytes): a separator
+    /// pending at byte 99 pushed `_` and the next character in one step, 101 bytes.
+    #[test]
+    fn sanitized_name_never_exceeds_its_bound() {
+        let name = format!("{} y", "x".repeat(SANITIZED_BYTES_MAX - 1));
+        assert_eq!(sanitize(&name, "file"), "x".repeat(SANITIZED_BYTES_MAX - 1));
+        let found: &[u8] = b"frmcccc\0cccccccccccccccccccccc\0ccccc\0ccci\xf1\
+            cccccccccccccccccccccccccccccc\0cccicc\0cccicc\0ccccc\0cccicc\0cc";
+        let clean = sanitize(&String::from_utf8_lossy(found), "file");
+        assert!(clean.len() <= SANITIZED_BYTES_MAX, "{} bytes", clean.len());
     }
 }

@@ -48,7 +48,7 @@ impl Drop for ResponseGuard {
 }
 
 /// The status and message of a head hyper wrote for a parse error, if `bytes` is one.
-fn hyper_error_head(bytes: &[u8]) -> Option<(u16, &'static str)> {
+pub fn hyper_error_head(bytes: &[u8]) -> Option<(u16, &'static str)> {
     // hyper's automatic response: status line, then exactly these, then the date.
     const HEADERS: &[u8] = b"\r\nconnection: close\r\ncontent-length: 0\r\ndate: ";
     if bytes.len() > 256 || !bytes.ends_with(b"\r\n\r\n") {
