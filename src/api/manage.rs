@@ -172,6 +172,13 @@ pub async fn list(
         .run(move || {
             let result = if media_type.is_none() && category.is_none() {
                 store.index.page_all_newest_first(offset, limit)
+            } else if let (Some(m), None) = (media_type.as_deref(), category.as_deref()) {
+                // The total is known per media type: the pass ends with the page.
+                let total = store.index.files_of_media_type(m);
+                let keep = |file: &StoredFile| file.media_type() == m;
+                store
+                    .index
+                    .page_newest_first_counted(keep, offset, limit, total)
             } else {
                 let keep = |file: &StoredFile| {
                     media_type.as_deref().is_none_or(|m| file.media_type() == m)

@@ -241,9 +241,13 @@ async fn next_chunk_releasing(
     else {
         return source.next_chunk().await;
     };
-    let deadline = tokio::time::Instant::from_std(taken_at + ctx.limits.io_buffer_hold_max);
     let next = source.next_chunk();
     tokio::pin!(next);
+    // A chunk already buffered needs no timer (the common case of a fast upload).
+    if let Some(chunk) = futures_util::FutureExt::now_or_never(next.as_mut()) {
+        return chunk;
+    }
+    let deadline = tokio::time::Instant::from_std(taken_at + ctx.limits.io_buffer_hold_max);
     tokio::select! {
         biased;
         chunk = &mut next => chunk,

@@ -244,6 +244,41 @@ impl Index {
         Page { files, total }
     }
 
+    /// Newest first, the files matching `keep` when `total` of them match in all (known
+    /// from the totals): the pass stops at the end of the page instead of counting on.
+    pub fn page_newest_first_counted(
+        &self,
+        keep: impl Fn(&StoredFile) -> bool,
+        offset: usize,
+        limit: usize,
+        total: usize,
+    ) -> Page {
+        let mut files = Vec::with_capacity(limit.min(1024));
+        let mut seen = 0usize;
+        if limit > 0 && offset < total {
+            self.newest.newest_first(0, |file| {
+                if keep(file) {
+                    if seen >= offset {
+                        files.push(file.clone());
+                    }
+                    seen += 1;
+                }
+                files.len() < limit
+            });
+        }
+        Page { files, total }
+    }
+
+    /// Files stored now of one media type.
+    pub fn files_of_media_type(&self, media_type: &str) -> usize {
+        MEDIA_TYPES
+            .iter()
+            .position(|m| *m == media_type)
+            .map_or(0, |slot| {
+                self.totals[slot].0.load(Ordering::Relaxed) as usize
+            })
+    }
+
     /// Newest first, without a filter: no pass over the files that are not shown.
     pub fn page_all_newest_first(&self, offset: usize, limit: usize) -> Page {
         let mut files = Vec::with_capacity(limit.min(1024));
