@@ -54,7 +54,7 @@ pub fn spawn_core(
                     };
                     runtime.block_on(async move {
                         let limits = shared.config.limits.clone();
-                        match CoreIo::uring(&limits) {
+                        match register_buffers(&limits).await {
                             Ok(io) => {
                                 run_core(core_id, shared, io, connections, shutdown, ready).await
                             }
@@ -93,6 +93,25 @@ pub fn spawn_core(
                 }
             }
         })
+}
+
+/// Registration attempts of a core's io buffers before it reports failure.
+const REGISTER_ATTEMPTS_MAX: u32 = 5;
+
+/// Registers the core's buffers, retrying a refusal for lack of locked memory a few times:
+/// locked memory is counted per user, and the rings of a process of the same user that
+/// just exited (a restart) are released asynchronously, some milliseconds later.
+async fn register_buffers(limits: &crate::config::Limits) -> std::io::Result<CoreIo> {
+    let mut attempt = 1;
+    loop {
+        match CoreIo::uring(limits) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOMEM) && attempt < REGISTER_ATTEMPTS_MAX => {
+                attempt += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Live connections of this core, and a wake-up when the last one ends.

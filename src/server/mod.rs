@@ -92,14 +92,15 @@ impl Shared {
 pub struct StartError(pub String);
 
 /// Chooses the io engine, shrinking the registered buffer pools to fit RLIMIT_MEMLOCK
-/// first (one warning line when they shrink or when `auto` falls back to `threads`).
+/// first. Returns the line saying the pools shrank, printed once the cores run on uring
+/// (a fall back to `threads` says so in a line of its own instead: one warning either way).
 fn choose_engine(
     config: &mut Config,
     probe_dir: &std::path::Path,
-) -> Result<EngineChoice, StartError> {
+) -> Result<(EngineChoice, Option<String>), StartError> {
     use crate::store::io::memlock::{self, MemlockLimit, URING_ADVICE};
     if config.io_engine == IoEngine::Threads {
-        return Ok(EngineChoice::Threads);
+        return Ok((EngineChoice::Threads, None));
     }
     let fitted = memlock::fit_pools(
         &mut config.limits,
@@ -111,12 +112,7 @@ fn choose_engine(
         Err(why) => Err(why),
     };
     match (config.io_engine, probed) {
-        (_, Ok(note)) => {
-            if let Some(note) = note {
-                eprintln!("rhinobox: warning: {note}");
-            }
-            Ok(EngineChoice::Uring)
-        }
+        (_, Ok(note)) => Ok((EngineChoice::Uring, note)),
         (IoEngine::Uring, Err(e)) => Err(StartError(format!(
             "RHINOBOX_IO_ENGINE/--io-engine: uring requested but unavailable: {e}; {URING_ADVICE}"
         ))),
@@ -125,7 +121,7 @@ fn choose_engine(
                 "rhinobox: warning: io_uring unusable here ({e}); using the threads io engine \
                  (for io_uring: {URING_ADVICE})"
             );
-            Ok(EngineChoice::Threads)
+            Ok((EngineChoice::Threads, None))
         }
     }
 }
@@ -210,7 +206,7 @@ pub fn run(mut config: Config) -> Result<i32, StartError> {
             report.torn_tail_bytes
         );
     }
-    let engine = choose_engine(&mut config, &store.tmp_dir)?;
+    let (engine, pools_note) = choose_engine(&mut config, &store.tmp_dir)?;
     let listener = std::net::TcpListener::bind(config.addr).map_err(|e| {
         StartError(format!(
             "RHINOBOX_ADDR/--addr: cannot bind {}: {e}",
@@ -277,6 +273,9 @@ pub fn run(mut config: Config) -> Result<i32, StartError> {
         Err(e) => return Err(StartError(e)),
     };
     let engine = shared.engine;
+    if let (EngineChoice::Uring, Some(note)) = (engine, pools_note) {
+        eprintln!("rhinobox: warning: {note}");
+    }
     start_memory_trimmer(shared.clone());
     eprintln!(
         "rhinobox: ready: {} records replayed, {} tmp files removed, io engine {}, durability {}, {} cores, in {:.0} ms",
