@@ -29,8 +29,25 @@ fn check_line(line: &[u8]) {
         (JournalEntry::Put(record), EntryView::Put(view)) => {
             assert_eq!(&view.to_record(), record, "replay read other fields");
         }
-        (JournalEntry::Delete { hash, .. }, EntryView::Delete { hash: viewed }) => {
+        (
+            JournalEntry::Delete { hash, path, .. },
+            EntryView::Delete {
+                hash: viewed,
+                path: viewed_path,
+            },
+        ) => {
             assert_eq!(hash, &*viewed, "replay read another hash");
+            assert_eq!(path, &*viewed_path, "replay read another path");
+        }
+        (
+            JournalEntry::Place { hash, path },
+            EntryView::Place {
+                hash: viewed,
+                path: viewed_path,
+            },
+        ) => {
+            assert_eq!(hash, &*viewed, "replay read another hash");
+            assert_eq!(path, &*viewed_path, "replay read another path");
         }
         (entry, view) => panic!("decoded {entry:?}, replay saw {view:?}"),
     }

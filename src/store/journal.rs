@@ -46,6 +46,13 @@ pub enum JournalEntry {
         path: String,
         deleted_at: String,
     },
+    /// An intent, logged (and synced with the file's data) before a file is placed under
+    /// its final name: if the daemon dies before the `put` record of `path` is durable,
+    /// start-up finds the intent and removes the file (see `store::protocol`).
+    Place {
+        hash: String,
+        path: String,
+    },
 }
 
 /// Encodes one entry as a checksummed line (with the trailing newline) onto `out`.
@@ -108,7 +115,14 @@ impl<'a> RecordView<'a> {
 #[derive(Debug)]
 pub enum EntryView<'a> {
     Put(RecordView<'a>),
-    Delete { hash: Cow<'a, str> },
+    Delete {
+        hash: Cow<'a, str>,
+        path: Cow<'a, str>,
+    },
+    Place {
+        hash: Cow<'a, str>,
+        path: Cow<'a, str>,
+    },
 }
 
 /// The fields of any line, flat: one pass, no buffering (an internally tagged enum or
@@ -150,7 +164,14 @@ impl<'a> LineView<'a> {
                 comment: self.comment?,
                 uploaded_at: self.uploaded_at?,
             })),
-            "delete" => Some(EntryView::Delete { hash: self.hash? }),
+            "delete" => Some(EntryView::Delete {
+                hash: self.hash?,
+                path: self.path?,
+            }),
+            "place" => Some(EntryView::Place {
+                hash: self.hash?,
+                path: self.path?,
+            }),
             _ => None,
         }
     }
@@ -351,10 +372,14 @@ pub fn parse(data: &[u8]) -> Result<(Vec<JournalEntry>, Replay, u64), ReplayErro
     let (replay, valid_len) = replay(&mut &data[..], |e| {
         entries.push(match e {
             EntryView::Put(record) => JournalEntry::Put(record.to_record()),
-            EntryView::Delete { hash } => JournalEntry::Delete {
+            EntryView::Delete { hash, path } => JournalEntry::Delete {
                 hash: hash.into_owned(),
-                path: String::new(),
+                path: path.into_owned(),
                 deleted_at: String::new(),
+            },
+            EntryView::Place { hash, path } => JournalEntry::Place {
+                hash: hash.into_owned(),
+                path: path.into_owned(),
             },
         })
     })?;

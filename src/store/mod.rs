@@ -170,7 +170,8 @@ fn apply(index: &Index, entry: EntryView<'_>) {
                 );
             }
         }
-        EntryView::Delete { hash } => {
+        EntryView::Place { .. } => {}
+        EntryView::Delete { hash, .. } => {
             if let Some(hash) = parse_hash(&hash) {
                 index.remove(&hash);
             }
