@@ -156,7 +156,8 @@ fn journal(c: &mut Criterion) {
         })
     });
     let dir = tempfile::tempdir().expect("temp dir");
-    let (journal, _) = Journal::open(&dir.path().join("journal.ndjson"), |_| {}).expect("journal");
+    let (journal, _, _) =
+        Journal::open(&dir.path().join("journal.ndjson"), |_, _| {}).expect("journal");
     group.bench_function("append-1", |b| {
         b.iter(|| journal.append(black_box(&line)).expect("append"))
     });
@@ -206,7 +207,7 @@ fn contend(index: &Arc<Index>, round: u64) {
                         Claim::Claimed => {
                             index.publish(&hash, &record(op));
                         }
-                        Claim::Existing(file) => {
+                        Claim::Existing(file, _lease) => {
                             black_box(file);
                         }
                     }
@@ -302,7 +303,7 @@ async fn store_async(io: &CoreIo, dir: &Path, data: &[u8], first: u64) {
             let mut writer = io.create_new(tmp.clone());
             writer.write(data).await.expect("create and write");
             writer.finish().await.expect("finish");
-            io.rename(&tmp, &dir.join(format!("images/jpg/{n:012x}_f.jpg")))
+            io.rename_noreplace(&tmp, &dir.join(format!("images/jpg/{n:012x}_f.jpg")))
                 .await
                 .expect("rename");
         });

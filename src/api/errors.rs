@@ -67,6 +67,11 @@ impl ApiError {
         ApiError::new(status, format!("{context}: {error}"))
     }
 
+    /// A store operation that failed: [`ApiError::storage`] of what it was doing.
+    pub fn from_store(error: crate::store::StoreError) -> ApiError {
+        ApiError::storage(error.context, &error.error)
+    }
+
     pub fn into_response(self) -> Response<Body> {
         let body = serde_json::json!({ "error": self.message });
         let mut response = json_response(self.status, &body);
@@ -96,4 +101,10 @@ pub fn json_response(status: StatusCode, value: &impl serde::Serialize) -> Respo
         .header(header::CONTENT_TYPE, "application/json")
         .body(full_body(bytes))
         .expect("static headers are valid")
+}
+
+impl From<crate::store::StoreError> for ApiError {
+    fn from(error: crate::store::StoreError) -> ApiError {
+        ApiError::from_store(error)
+    }
 }

@@ -4,15 +4,7 @@
 //! is a hash lookup, listings and searches read the index's newest-first view, statistics
 //! read the per-media-type totals and the counters since start-up.
 //!
-//! Delete protocol (`DELETE /files/{hash}`), run as its own task so that a client that
-//! disconnects cannot stop it half way:
-//! 1. the hash turns from stored into a pending claim: it leaves listings and lookups, and
-//!    an upload of the same content waits instead of landing on the path being removed;
-//! 2. a `Delete` record is appended to the journal and made durable per the durability
-//!    mode (a failure puts the file back and answers 5xx);
-//! 3. the file is unlinked (a crash before this leaves an orphan file, never an index entry
-//!    without a file);
-//! 4. the claim is dropped, waking waiting uploads.
+//! `DELETE` calls the store's delete protocol (`store::protocol`).
 //!
 //! Directories are never removed: the ingest path remembers the directories it created.
 
@@ -31,7 +23,6 @@ use crate::api::scans::{ScanPool, contains_ignore_case};
 use crate::ingest::IngestContext;
 use crate::store::Store;
 use crate::store::index::{StoredFile, parse_hash};
-use crate::store::journal::{JournalEntry, encode_line};
 
 /// Files per listing page when `limit` is not given.
 pub const LIST_LIMIT_DEFAULT: usize = 50;
@@ -64,58 +55,25 @@ fn record_json(file: &StoredFile) -> Value {
     serde_json::to_value(file.record()).expect("records serialize")
 }
 
-/// `DELETE /files/{hash}`.
+/// `DELETE /files/{hash}`: the store's delete protocol, run as its own task so that a
+/// client that disconnects cannot stop it half way.
 pub async fn delete(ctx: Rc<IngestContext>, hex: &str) -> Result<Response<Body>, ApiError> {
     let hash = parse_hash(hex).ok_or_else(|| {
         ApiError::bad_request("invalid hash: expected 64 hexadecimal digits (BLAKE3)")
     })?;
-    let file = ctx
-        .store
-        .index
-        .begin_delete(&hash)
-        .ok_or_else(|| ApiError::not_found(format!("no stored file with hash {hex}")))?;
-    let task = tokio::task::spawn_local(async move { delete_claimed(&ctx, hash, file).await });
-    let value = task.await.map_err(|e| {
+    let task = tokio::task::spawn_local(async move { ctx.store.delete(&ctx.io, &hash).await });
+    let deleted = task.await.map_err(|e| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("delete failed: {e}"),
         )
     })??;
-    Ok(json_response(StatusCode::OK, &value))
-}
-
-/// Steps 2–4 of the delete protocol for a hash already claimed by `begin_delete`.
-async fn delete_claimed(
-    ctx: &IngestContext,
-    hash: [u8; 32],
-    file: Arc<StoredFile>,
-) -> Result<Value, ApiError> {
-    let record = file.record();
-    let entry = JournalEntry::Delete {
-        hash: record.hash.clone(),
-        path: record.path.clone(),
-        deleted_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
-    };
-    let mut line = Vec::with_capacity(256);
-    encode_line(&entry, &mut line);
-    if let Err(e) = ctx.store.journal.append(&line) {
-        ctx.store.index.cancel_delete(&hash, file.clone());
-        return Err(ApiError::storage("cannot append to the journal", &e));
-    }
-    ctx.store.make_durable().await;
-    let removed = ctx.io.remove_file(&ctx.store.absolute(&record.path)).await;
-    ctx.store.index.abandon(&hash);
-    match removed {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => {
-            return Err(ApiError::storage(
-                "deleted from the index and the journal, but removing the file failed",
-                &e,
-            ));
-        }
-    }
-    Ok(json!({"deleted": record.hash, "path": record.path}))
+    let record =
+        deleted.ok_or_else(|| ApiError::not_found(format!("no stored file with hash {hex}")))?;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"deleted": record.hash, "path": record.path}),
+    ))
 }
 
 /// A positive integer query parameter; absent → `default`, 0 or garbage → 400.

@@ -13,7 +13,6 @@ pub mod receive;
 pub mod request;
 pub mod sniff;
 
-use std::cell::Cell;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -23,7 +22,8 @@ use tokio::sync::Semaphore;
 use crate::config::Limits;
 use crate::store::Store;
 use crate::store::io::CoreIo;
-use receive::{MemoryBudget, Reaper};
+use crate::store::tmp::Reaper;
+use receive::MemoryBudget;
 
 /// Per-core counters shown by /stats (written by the core, read by any core).
 #[derive(Default)]
@@ -45,7 +45,6 @@ pub struct IngestContext {
     pub memory_files: Rc<MemoryBudget>,
     /// Removes the tmp files of failed requests off the core.
     pub reaper: Reaper,
-    tmp_sequence: Cell<u64>,
 }
 
 impl IngestContext {
@@ -67,16 +66,11 @@ impl IngestContext {
             job_slots,
             stats,
             reaper,
-            tmp_sequence: Cell::new(0),
         }
     }
 
-    /// A tmp path unique within this process (core id + per-core sequence).
+    /// A tmp path unique within this process.
     pub fn next_tmp_path(&self) -> PathBuf {
-        let n = self.tmp_sequence.get();
-        self.tmp_sequence.set(n + 1);
-        self.store
-            .tmp_dir
-            .join(format!("{}-{}.part", self.core_id, n))
+        self.store.next_tmp_path()
     }
 }

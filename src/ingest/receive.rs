@@ -30,7 +30,6 @@ use std::cell::Cell;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
 
 use bytes::Bytes;
 use hyper::StatusCode;
@@ -40,6 +39,7 @@ use super::IngestContext;
 use super::sniff::{self, Detected, SNIFF_BYTES};
 use crate::api::errors::ApiError;
 use crate::store::io::FileWriter;
+pub use crate::store::tmp::TmpFiles;
 
 /// Where a received file's bytes are until the commit places them.
 #[derive(Debug)]
@@ -119,96 +119,6 @@ impl Drop for MemoryLease {
         budget
             .in_use_bytes
             .set(budget.in_use_bytes.get() - self.bytes);
-    }
-}
-
-/// Removes the files of failed requests on a thread of its own: a refused request of
-/// thousands of parts must not stall the core that served it.
-#[derive(Clone)]
-pub struct Reaper {
-    queue: SyncSender<Vec<PathBuf>>,
-}
-
-/// Batches of paths queued for the reaper at most; a full queue makes the core remove
-/// its own files (back-pressure instead of growth).
-const REAPER_QUEUE_MAX: usize = 256;
-
-impl Reaper {
-    pub fn start() -> std::io::Result<Reaper> {
-        let (queue, batches) = sync_channel::<Vec<PathBuf>>(REAPER_QUEUE_MAX);
-        std::thread::Builder::new()
-            .name("rhinobox-reaper".into())
-            .spawn(move || {
-                for batch in batches {
-                    for path in batch {
-                        let _ = std::fs::remove_file(path);
-                    }
-                }
-            })?;
-        Ok(Reaper { queue })
-    }
-
-    /// Removes `paths` soon (or now, when the reaper is behind).
-    pub fn remove(&self, paths: Vec<PathBuf>) {
-        match self.queue.try_send(paths) {
-            Ok(()) => {}
-            Err(TrySendError::Full(paths)) | Err(TrySendError::Disconnected(paths)) => {
-                for path in paths {
-                    let _ = std::fs::remove_file(path);
-                }
-            }
-        }
-    }
-}
-
-/// Tmp files of one request; removed on drop unless the request committed them.
-///
-/// A write task still running at drop time sees `cancelled` when it ends and removes its
-/// own file, so no tmp file outlives a failed request whatever the interleaving.
-pub struct TmpFiles {
-    paths: Vec<PathBuf>,
-    cancelled: Rc<Cell<bool>>,
-    reaper: Reaper,
-}
-
-impl TmpFiles {
-    pub fn new(reaper: Reaper) -> TmpFiles {
-        TmpFiles {
-            paths: Vec::new(),
-            cancelled: Rc::new(Cell::new(false)),
-            reaper,
-        }
-    }
-
-    /// Registers a tmp path before the file can exist.
-    pub fn add(&mut self, path: PathBuf) {
-        self.paths.push(path);
-    }
-
-    /// The files were renamed or removed by the commit: nothing left to clean.
-    pub fn disarm(&mut self) {
-        self.paths.clear();
-    }
-}
-
-/// Tmp files of a failed request removed on the core itself, before its reply: the common
-/// case (one or a few large files) frees its space before the client hears of the failure
-/// (a 507 must not leave the disk full). More go to the reaper thread.
-const TMP_FILES_REMOVED_INLINE_MAX: usize = 16;
-
-impl Drop for TmpFiles {
-    fn drop(&mut self) {
-        if self.paths.is_empty() {
-            return;
-        }
-        self.cancelled.set(true);
-        if self.paths.len() <= TMP_FILES_REMOVED_INLINE_MAX {
-            for path in self.paths.drain(..) {
-                let _ = std::fs::remove_file(path);
-            }
-        } else {
-            self.reaper.remove(std::mem::take(&mut self.paths));
-        }
     }
 }
 
@@ -315,7 +225,7 @@ pub async fn receive_file(
         (writer, _) => {
             let (path, mut w) = writer.unwrap_or_else(|| start_tmp(ctx, tmp_files));
             staged.write_into(&mut w).await.map_err(write_error)?;
-            let cancelled = tmp_files.cancelled.clone();
+            let cancelled = tmp_files.cancelled();
             let task_path = path.clone();
             let written = tokio::task::spawn_local(async move {
                 let result = w.finish().await;

@@ -50,7 +50,7 @@ pub struct Shared {
     pub shutting_down: AtomicBool,
     pub engine: EngineChoice,
     /// Removes the tmp files of failed requests off the cores.
-    pub reaper: crate::ingest::receive::Reaper,
+    pub reaper: crate::store::tmp::Reaper,
     /// Runs listings and searches off the cores.
     pub scans: crate::api::scans::ScanPool,
     /// Connections accepted since start (the memory trimmer's clock).
@@ -200,12 +200,6 @@ pub fn run(mut config: Config) -> Result<i32, StartError> {
     let started = std::time::Instant::now();
     let (store, report) =
         Store::open(&config.data_dir, config.durability).map_err(|e| StartError(e.0))?;
-    if report.torn_tail_bytes > 0 {
-        eprintln!(
-            "rhinobox: warning: journal had a torn tail of {} bytes (crash mid-append); truncated it",
-            report.torn_tail_bytes
-        );
-    }
     let (engine, pools_note) = choose_engine(&mut config, &store.tmp_dir)?;
     let listener = std::net::TcpListener::bind(config.addr).map_err(|e| {
         StartError(format!(
@@ -223,7 +217,7 @@ pub fn run(mut config: Config) -> Result<i32, StartError> {
         .map_err(|e| StartError(format!("listener: {e}")))?;
     let access_log =
         AccessLog::start().map_err(|e| StartError(format!("access log thread: {e}")))?;
-    let reaper = crate::ingest::receive::Reaper::start()
+    let reaper = crate::store::tmp::Reaper::start()
         .map_err(|e| StartError(format!("tmp file reaper thread: {e}")))?;
     // One scan thread per two cores: scans are background work next to ingest.
     let scans = crate::api::scans::ScanPool::start(config.workers.div_ceil(2))
@@ -278,9 +272,14 @@ pub fn run(mut config: Config) -> Result<i32, StartError> {
     }
     start_memory_trimmer(shared.clone());
     eprintln!(
-        "rhinobox: ready: {} records replayed, {} tmp files removed, io engine {}, durability {}, {} cores, in {:.0} ms",
+        "rhinobox: ready: {} records replayed, {} tmp files removed, {} in-flight operations \
+         re-checked ({} strays removed, {} lost records deleted), io engine {}, durability {}, \
+         {} cores, in {:.0} ms",
         report.records_replayed,
         report.tmp_files_removed,
+        report.in_flight_checked,
+        report.strays_removed,
+        report.records_lost,
         match engine {
             EngineChoice::Uring => "uring",
             EngineChoice::Threads => "threads",
@@ -308,14 +307,8 @@ fn finish(shared: &Shared) -> Result<i32, StartError> {
     // The cores are stopped: no more access-log lines; write out the queued ones.
     shared.access_log.stop();
     // Final flush: whatever durability mode, leave the journal and data synced on exit.
-    if let Err(e) = shared.store.journal.sync() {
-        eprintln!("rhinobox: fatal: journal fsync failed at shutdown: {e}");
-        return Ok(crate::store::durability::EXIT_SYNC_FAILED);
-    }
-    if let Ok(dir) = std::fs::File::open(&shared.store.data_dir)
-        && let Err(e) = crate::store::durability::syncfs(&dir)
-    {
-        eprintln!("rhinobox: fatal: syncfs failed at shutdown: {e}");
+    if let Err(e) = shared.store.sync_at_exit() {
+        eprintln!("rhinobox: fatal: sync failed at shutdown: {e}");
         return Ok(crate::store::durability::EXIT_SYNC_FAILED);
     }
     shared.store.group_commit.stop();

@@ -1,30 +1,48 @@
-//! Group commit: one `syncfs` of the data file system shared by every request waiting.
+//! Group commit: one `syncfs` per data file system, shared by every request waiting.
 //!
 //! A request that needs its writes on stable storage calls [`GroupCommit::barrier`]. A
-//! dedicated thread takes every waiter registered so far, runs one `syncfs(2)` on the
-//! data dir (file data, inodes, directory entries and the journal in one call), then
-//! releases them. Requests that arrive during a sync wait for the next one, so each
-//! waiter's writes (done before it registered) are covered by the sync that releases it.
+//! dedicated thread takes every waiter registered so far, notes the journal's
+//! [`SyncPoint`], runs `syncfs(2)` on each distinct file system that holds `storage/`,
+//! `storage/.tmp/` or `metadata/` (file data, inodes, directory entries and the journal),
+//! then records the point in the journal's marker and releases the waiters. Requests that
+//! arrive during a sync wait for the next one, so each waiter's writes (done before it
+//! registered) are covered by the sync that releases it.
+//!
+//! When nobody waits, the thread still syncs once per [`IDLE_SYNC_INTERVAL`] if the
+//! journal moved since the last sync (durability `none` gets a bounded loss window, and
+//! operations that finished after their last barrier — a delete's unlink — get their
+//! marker advanced), and makes the marker itself durable.
 //!
 //! Why `syncfs` rather than fdatasync per file: measured here, one syncfs per ~100 files
 //! did 11–15k files/s against ~5–6k for per-file fdatasync plus a directory fsync
-//! (PLATFORM-NOTES). Trade-off: it also flushes other dirty data on the same file system,
+//! (tuning.md). Trade-off: it also flushes other dirty data on the same file system,
 //! so the data dir should sit on its own file system on busy hosts (tuning.md).
 //!
-//! A sync error is fatal (PostgreSQL's fsync lesson): the daemon logs it and exits with
-//! status 70 without acknowledging the writes; it never retries.
+//! Fail-stop (PostgreSQL's fsync lesson): a sync error is fatal. The thread writes one
+//! line to stderr (a failing stderr cannot stop it), keeps the batch's waiters unanswered
+//! and exits the process with status 70; it never retries. A waiter whose sender is gone
+//! (the thread died any other way) gets an error, never a 200, and the thread's panic
+//! guard exits with 70 too.
 
 use std::fs::File;
-use std::io;
+use std::io::{self, Write};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use tokio::sync::oneshot;
 
+use super::journal::{Journal, SyncPoint};
+
 /// Exit status when a sync fails (EX_SOFTWARE).
 pub const EXIT_SYNC_FAILED: i32 = 70;
+
+/// How long the thread waits without waiters before it syncs whatever moved since the
+/// last sync (bounds what durability `none` can lose, and how stale the marker is).
+pub const IDLE_SYNC_INTERVAL: Duration = Duration::from_secs(1);
 
 struct Waiters {
     pending: Vec<oneshot::Sender<()>>,
@@ -37,16 +55,55 @@ struct Shared {
     batches_total: AtomicU64,
 }
 
+/// The sync thread's barrier could not be passed: the thread is gone. The process is
+/// exiting with status 70; the request must not be acknowledged.
+#[derive(Debug)]
+pub struct SyncUnavailable;
+
+impl std::fmt::Display for SyncUnavailable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the sync thread has stopped; nothing was acknowledged")
+    }
+}
+
+impl From<SyncUnavailable> for io::Error {
+    fn from(_: SyncUnavailable) -> io::Error {
+        io::Error::other(SyncUnavailable.to_string())
+    }
+}
+
 /// Handle to the group-commit thread; cheap to clone.
 #[derive(Clone)]
 pub struct GroupCommit {
     shared: Arc<Shared>,
 }
 
+/// One directory per distinct file system (by `st_dev`) among `dirs`, in order.
+pub fn distinct_file_systems(dirs: &[&Path]) -> io::Result<Vec<File>> {
+    let mut seen = Vec::new();
+    let mut files = Vec::new();
+    for dir in dirs {
+        let file = File::open(dir)?;
+        let device = file.metadata()?.dev();
+        if !seen.contains(&device) {
+            seen.push(device);
+            files.push(file);
+        }
+    }
+    Ok(files)
+}
+
+/// Syncs every file system in `targets` (start-up and shutdown use this directly).
+pub fn sync_all(targets: &[File]) -> io::Result<()> {
+    for target in targets {
+        syncfs(target)?;
+    }
+    Ok(())
+}
+
 impl GroupCommit {
-    /// Starts the sync thread for the file system that holds `data_dir`.
-    pub fn start(data_dir: &Path) -> io::Result<GroupCommit> {
-        let dir = File::open(data_dir)?;
+    /// Starts the sync thread for `targets` (see [`distinct_file_systems`]).
+    pub fn start(targets: Vec<File>, journal: Arc<Journal>) -> io::Result<GroupCommit> {
         let shared = Arc::new(Shared {
             waiters: Mutex::new(Waiters {
                 pending: Vec::new(),
@@ -58,12 +115,15 @@ impl GroupCommit {
         let thread_shared = shared.clone();
         std::thread::Builder::new()
             .name("rhinobox-sync".into())
-            .spawn(move || sync_loop(&thread_shared, &dir))?;
+            .spawn(move || {
+                let _guard = ExitOnPanic;
+                sync_loop(&thread_shared, &targets, &journal)
+            })?;
         Ok(GroupCommit { shared })
     }
 
     /// Resolves once everything this thread wrote before the call is on stable storage.
-    pub async fn barrier(&self) {
+    pub async fn barrier(&self) -> Result<(), SyncUnavailable> {
         let (sender, receiver) = oneshot::channel();
         {
             let mut waiters = self
@@ -74,8 +134,8 @@ impl GroupCommit {
             waiters.pending.push(sender);
         }
         self.shared.wake.notify_one();
-        // The sender is only dropped after a successful sync (a failed one exits).
-        let _ = receiver.await;
+        // A sender dropped unanswered means the thread is gone: not synced.
+        receiver.await.map_err(|_| SyncUnavailable)
     }
 
     /// Number of syncs run so far (`rhinobox_fsync_batches_total`).
@@ -95,29 +155,100 @@ impl GroupCommit {
     }
 }
 
-fn sync_loop(shared: &Shared, dir: &File) {
-    loop {
-        let batch = {
-            let mut waiters = shared.waiters.lock().unwrap_or_else(|p| p.into_inner());
-            while waiters.pending.is_empty() && !waiters.stopping {
-                waiters = shared.wake.wait(waiters).unwrap_or_else(|p| p.into_inner());
-            }
-            if waiters.pending.is_empty() {
-                return;
-            }
-            std::mem::take(&mut waiters.pending)
-        };
-        if let Err(error) = syncfs(dir) {
-            eprintln!(
-                "rhinobox: fatal: syncfs of the data dir failed: {error}; exiting without acknowledging writes"
-            );
-            std::process::exit(EXIT_SYNC_FAILED);
+/// Exits with status 70 if the sync thread unwinds: its waiters must never be released
+/// by a dropped sender while the process goes on acknowledging.
+struct ExitOnPanic;
+
+impl Drop for ExitOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            fail_stop(&io::Error::other("the sync thread panicked"));
         }
+    }
+}
+
+/// Writes one line to stderr, ignoring any error writing it, and exits with 70.
+pub fn fail_stop(error: &io::Error) -> ! {
+    let _ = writeln!(
+        io::stderr(),
+        "rhinobox: fatal: sync of the data file systems failed: {error}; \
+         exiting without acknowledging writes"
+    );
+    std::process::exit(EXIT_SYNC_FAILED);
+}
+
+/// What one wait of the sync thread brings.
+enum Wake {
+    Batch(Vec<oneshot::Sender<()>>),
+    Idle,
+    Stop,
+}
+
+fn next_wake(shared: &Shared) -> Wake {
+    let mut waiters = shared.waiters.lock().unwrap_or_else(|p| p.into_inner());
+    if waiters.pending.is_empty() && !waiters.stopping {
+        let (guard, timeout) = shared
+            .wake
+            .wait_timeout(waiters, IDLE_SYNC_INTERVAL)
+            .unwrap_or_else(|p| p.into_inner());
+        waiters = guard;
+        if timeout.timed_out() && waiters.pending.is_empty() && !waiters.stopping {
+            return Wake::Idle;
+        }
+    }
+    if waiters.pending.is_empty() {
+        return if waiters.stopping {
+            Wake::Stop
+        } else {
+            Wake::Idle
+        };
+    }
+    Wake::Batch(std::mem::take(&mut waiters.pending))
+}
+
+fn sync_loop(shared: &Shared, targets: &[File], journal: &Journal) {
+    let mut last_synced: Option<SyncPoint> = None;
+    let mut marker_dirty = false;
+    loop {
+        let batch = match next_wake(shared) {
+            Wake::Stop => return,
+            Wake::Batch(batch) => batch,
+            Wake::Idle => {
+                let moved = last_synced != Some(journal.sync_point());
+                if !moved {
+                    if marker_dirty {
+                        if let Err(e) = journal.flush_marker() {
+                            fail_stop(&e);
+                        }
+                        marker_dirty = false;
+                    }
+                    continue;
+                }
+                Vec::new()
+            }
+        };
+        let point = journal.sync_point();
+        if let Err(error) = sync_all_checked(targets) {
+            // The batch's senders are never dropped: exit keeps them unanswered.
+            std::mem::forget(batch);
+            fail_stop(&error);
+        }
+        if let Err(error) = journal.record_synced(point) {
+            std::mem::forget(batch);
+            fail_stop(&error);
+        }
+        last_synced = Some(point);
+        marker_dirty = true;
         shared.batches_total.fetch_add(1, Ordering::Relaxed);
         for waiter in batch {
             let _ = waiter.send(());
         }
     }
+}
+
+fn sync_all_checked(targets: &[File]) -> io::Result<()> {
+    crate::store::failpoint::check("sync")?;
+    sync_all(targets)
 }
 
 /// `syncfs(2)` on the file system holding `file`.

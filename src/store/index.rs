@@ -45,12 +45,36 @@ enum Slot {
 }
 
 /// The outcome of [`Index::claim`].
-pub enum Claim {
+pub enum Claim<'a> {
     /// This request owns the hash now and must publish or abandon it.
     Claimed,
-    /// Already stored: the request's file is a duplicate of this one.
-    Existing(Arc<StoredFile>),
+    /// Already stored: the request's file is a duplicate of this one. The lease keeps a
+    /// delete of it waiting until the request has answered.
+    Existing(Arc<StoredFile>, Lease<'a>),
 }
+
+/// A duplicate upload's hold on a stored file: [`Index::begin_delete`] callers wait in
+/// [`Index::wait_unleased`] until every lease on the hash is dropped, so a 200 that says
+/// `duplicate: true` never names a file a concurrent delete has already unlinked.
+pub struct Lease<'a> {
+    index: &'a Index,
+    hash: Hash,
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        if let Entry::Occupied(mut count) = self.index.leases.entry(self.hash) {
+            *count.get_mut() -= 1;
+            if *count.get() == 0 {
+                count.remove();
+            }
+        }
+    }
+}
+
+/// How long a delete waits for the duplicate uploads that hold its file to answer
+/// (they only wait for a sync); beyond it the delete fails with a timeout.
+const LEASE_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Totals per media type of what is stored now.
 #[derive(Clone, Copy, Debug, Default, serde::Serialize)]
@@ -61,6 +85,8 @@ pub struct Totals {
 
 pub struct Index {
     slots: DashMap<Hash, Slot>,
+    /// Leases held on stored hashes (only hashes with at least one).
+    leases: DashMap<Hash, u32>,
     next_sequence: AtomicU64,
     /// Files and bytes stored now, per media type, in `MEDIA_TYPES` order.
     totals: [(AtomicU64, AtomicU64); MEDIA_TYPES.len()],
@@ -91,6 +117,7 @@ impl Index {
     pub fn new() -> Index {
         Index {
             slots: DashMap::with_shard_amount(64),
+            leases: DashMap::with_shard_amount(16),
             next_sequence: AtomicU64::new(1),
             totals: std::array::from_fn(|_| (AtomicU64::new(0), AtomicU64::new(0))),
             by_path: DashMap::with_shard_amount(64),
@@ -110,11 +137,20 @@ impl Index {
     }
 
     /// Claims `hash` for the caller, or returns the stored file; waits out other claims.
-    pub async fn claim(&self, hash: &Hash) -> Claim {
+    pub async fn claim(&self, hash: &Hash) -> Claim<'_> {
         loop {
             let pending = match self.slots.entry(*hash) {
                 Entry::Occupied(slot) => match slot.get() {
-                    Slot::Stored(file) => return Claim::Existing(file.clone()),
+                    Slot::Stored(file) => {
+                        // Taken under the slot's lock: a delete that turns the slot into
+                        // a claim afterwards sees this lease.
+                        *self.leases.entry(*hash).or_insert(0) += 1;
+                        let lease = Lease {
+                            index: self,
+                            hash: *hash,
+                        };
+                        return Claim::Existing(file.clone(), lease);
+                    }
                     Slot::Pending(gate) => gate.clone(),
                 },
                 Entry::Vacant(slot) => {
@@ -192,6 +228,38 @@ impl Index {
         };
         self.unlink(hash, &file);
         Some(file)
+    }
+
+    /// Turns the stored `file` of `hash` into a claim of the caller when the slot still
+    /// holds it (its copy on disk was found missing or damaged, and the caller stores the
+    /// content again); false when the slot changed meanwhile.
+    pub fn claim_damaged(&self, hash: &Hash, file: &Arc<StoredFile>) -> bool {
+        {
+            let Some(mut slot) = self.slots.get_mut(hash) else {
+                return false;
+            };
+            match slot.value() {
+                Slot::Stored(current) if Arc::ptr_eq(current, file) => {}
+                _ => return false,
+            }
+            *slot = Slot::Pending(Arc::new(Semaphore::new(0)));
+        }
+        self.unlink(hash, file);
+        true
+    }
+
+    /// Waits until no duplicate upload holds a lease on `hash` (called after
+    /// [`Index::begin_delete`], so no new lease can be taken); false after
+    /// [`LEASE_WAIT_MAX`].
+    pub async fn wait_unleased(&self, hash: &Hash) -> bool {
+        let started = std::time::Instant::now();
+        while self.leases.contains_key(hash) {
+            if started.elapsed() > LEASE_WAIT_MAX {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        true
     }
 
     /// Undoes [`Index::begin_delete`]: the file is stored again, in its old place in order.
@@ -432,7 +500,12 @@ mod tests {
             assert!(matches!(index.claim(&hash).await, Claim::Claimed));
             let waiter = {
                 let index = index.clone();
-                tokio::spawn(async move { index.claim(&hash).await })
+                tokio::spawn(async move {
+                    match index.claim(&hash).await {
+                        Claim::Existing(file, _lease) => Some(file.size),
+                        Claim::Claimed => None,
+                    }
+                })
             };
             tokio::task::yield_now().await;
             assert!(!waiter.is_finished());
@@ -448,10 +521,11 @@ mod tests {
                 uploaded_at: "2026-01-01T00:00:00Z".into(),
             };
             index.publish(&hash, &record);
-            match waiter.await.unwrap() {
-                Claim::Existing(file) => assert_eq!(file.size, 3),
-                Claim::Claimed => panic!("second claimer must see the stored file"),
-            }
+            assert_eq!(
+                waiter.await.unwrap(),
+                Some(3),
+                "second claimer must see the stored file"
+            );
         });
         assert_eq!(index.totals()[0].1.files, 1);
     }

@@ -13,6 +13,7 @@
 //!   are truncated away with a warning. An invalid line followed by a valid one is
 //!   corruption and refuses the start.
 
+use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::Path;
@@ -219,13 +220,24 @@ pub struct Replay {
     pub records: usize,
     /// Bytes cut from a torn tail (0 when the journal was clean).
     pub torn_tail_bytes: u64,
+    /// Lines in the torn tail that still checked out (written after the last sync whose
+    /// marker reached the disk; kept in the set-aside copy, never applied).
+    pub torn_tail_valid_lines: usize,
 }
 
 /// Errors that refuse the start.
 #[derive(Debug)]
 pub enum ReplayError {
     Io(io::Error),
-    Corrupt { line_number: usize, offset: u64 },
+    Corrupt {
+        line_number: usize,
+        offset: u64,
+    },
+    /// The marker says more bytes were synced than the journal holds now.
+    Shorter {
+        synced_len: u64,
+        len: u64,
+    },
 }
 
 impl std::fmt::Display for ReplayError {
@@ -240,6 +252,11 @@ impl std::fmt::Display for ReplayError {
                 "journal corrupted at line {line_number} (byte {offset}) before its tail; \
                  refusing to start (restore the journal or remove the bad line)"
             ),
+            ReplayError::Shorter { synced_len, len } => write!(
+                f,
+                "journal is {len} bytes but {synced_len} bytes of it were synced before; \
+                 refusing to start (restore the journal, or run `rhinobox repair`)"
+            ),
         }
     }
 }
@@ -247,12 +264,27 @@ impl std::fmt::Display for ReplayError {
 /// Bytes read per step of the replay; bounds its memory whatever the journal size.
 const REPLAY_BLOCK_BYTES: usize = 8 * 1024 * 1024;
 
+/// How replay tells a torn tail from damage.
+#[derive(Clone, Copy, Debug)]
+pub enum TailRule {
+    /// No sync marker (a journal from before markers, or a lost marker): a bad line is a
+    /// torn tail only when no valid line follows it.
+    NoMarker,
+    /// Bytes before `synced_len` were on stable storage when the marker was written: a
+    /// bad line there is damage. From the first bad line after it everything is the
+    /// torn tail (a power cut may keep later pages of an unsynced append and lose
+    /// earlier ones).
+    SyncedUpTo(u64),
+}
+
 /// Streaming replay state: where the first bad line was, how far we are.
 struct ReplayCursor {
+    rule: TailRule,
     line_number: usize,
     offset: u64,
     first_bad: Option<(usize, u64)>,
     records: usize,
+    valid_after_bad: usize,
 }
 
 impl ReplayCursor {
@@ -260,23 +292,30 @@ impl ReplayCursor {
     fn apply_block(
         &mut self,
         lines: Vec<(usize, Option<EntryView<'_>>)>,
-        apply: &mut impl FnMut(EntryView<'_>),
+        apply: &mut impl FnMut(u64, EntryView<'_>),
     ) -> Result<(), ReplayError> {
         for (len, entry) in lines {
             self.line_number += 1;
-            match (entry, self.first_bad) {
-                (Some(_), Some((line_number, offset))) => {
+            match (entry, self.first_bad, self.rule) {
+                (Some(_), Some((line_number, offset)), TailRule::NoMarker) => {
                     return Err(ReplayError::Corrupt {
                         line_number,
                         offset,
                     });
                 }
-                (Some(entry), None) => {
-                    apply(entry);
+                (Some(_), Some(_), TailRule::SyncedUpTo(_)) => self.valid_after_bad += 1,
+                (Some(entry), None, _) => {
+                    apply(self.offset, entry);
                     self.records += 1;
                 }
-                (None, None) => self.first_bad = Some((self.line_number, self.offset)),
-                (None, Some(_)) => {}
+                (None, None, TailRule::SyncedUpTo(synced)) if self.offset < synced => {
+                    return Err(ReplayError::Corrupt {
+                        line_number: self.line_number,
+                        offset: self.offset,
+                    });
+                }
+                (None, None, _) => self.first_bad = Some((self.line_number, self.offset)),
+                (None, Some(_), _) => {}
             }
             self.offset += len as u64;
         }
@@ -311,17 +350,21 @@ fn decode_block(block: &[u8]) -> Vec<(usize, Option<EntryView<'_>>)> {
     })
 }
 
-/// Replays a journal from `reader`, calling `apply` for each valid record in order.
-/// Returns what it found and the length of the valid prefix (where a torn tail starts).
+/// Replays a journal from `reader`, calling `apply` with the byte offset and the entry of
+/// each valid record in order. Returns what it found and the length of the valid prefix
+/// (where a torn tail starts).
 pub fn replay(
     reader: &mut impl Read,
-    mut apply: impl FnMut(EntryView<'_>),
+    rule: TailRule,
+    mut apply: impl FnMut(u64, EntryView<'_>),
 ) -> Result<(Replay, u64), ReplayError> {
     let mut cursor = ReplayCursor {
+        rule,
         line_number: 0,
         offset: 0,
         first_bad: None,
         records: 0,
+        valid_after_bad: 0,
     };
     let mut block: Vec<u8> = Vec::with_capacity(REPLAY_BLOCK_BYTES + 4096);
     let mut eof = false;
@@ -340,15 +383,32 @@ pub fn replay(
         cursor.apply_block(lines, &mut apply)?;
         block.drain(..complete);
     }
+    let total = cursor.offset + block.len() as u64;
+    if let TailRule::SyncedUpTo(synced_len) = rule
+        && synced_len > total
+    {
+        return Err(ReplayError::Shorter {
+            synced_len,
+            len: total,
+        });
+    }
     // What is left has no newline: a torn last line (or nothing).
     if !block.is_empty() && cursor.first_bad.is_none() {
+        if let TailRule::SyncedUpTo(synced) = rule
+            && cursor.offset < synced
+        {
+            return Err(ReplayError::Corrupt {
+                line_number: cursor.line_number + 1,
+                offset: cursor.offset,
+            });
+        }
         cursor.first_bad = Some((cursor.line_number + 1, cursor.offset));
     }
-    let total = cursor.offset + block.len() as u64;
     let valid_len = cursor.first_bad.map(|(_, o)| o).unwrap_or(total);
     let replay = Replay {
         records: cursor.records,
         torn_tail_bytes: total - valid_len,
+        torn_tail_valid_lines: cursor.valid_after_bad,
     };
     Ok((replay, valid_len))
 }
@@ -366,10 +426,18 @@ fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     Ok(done)
 }
 
-/// Parses a whole in-memory journal (tests and tools).
+/// Parses a whole in-memory journal without a marker (tests and tools).
 pub fn parse(data: &[u8]) -> Result<(Vec<JournalEntry>, Replay, u64), ReplayError> {
+    parse_with(data, TailRule::NoMarker)
+}
+
+/// Parses a whole in-memory journal under `rule` (tests and tools).
+pub fn parse_with(
+    data: &[u8],
+    rule: TailRule,
+) -> Result<(Vec<JournalEntry>, Replay, u64), ReplayError> {
     let mut entries = Vec::new();
-    let (replay, valid_len) = replay(&mut &data[..], |e| {
+    let (replay, valid_len) = replay(&mut &data[..], rule, |_, e| {
         entries.push(match e {
             EntryView::Put(record) => JournalEntry::Put(record.to_record()),
             EntryView::Delete { hash, path } => JournalEntry::Delete {
@@ -386,58 +454,259 @@ pub fn parse(data: &[u8]) -> Result<(Vec<JournalEntry>, Replay, u64), ReplayErro
     Ok((entries, replay, valid_len))
 }
 
+/// A point the sync thread reached: everything below `synced_len` was written before the
+/// sync started, and every operation logged below `resolved_before` had finished its
+/// effects on the tree (renames, unlinks) before it started.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SyncPoint {
+    pub synced_len: u64,
+    pub resolved_before: u64,
+}
+
+/// An operation logged in the journal whose effects on the tree are not finished yet
+/// (a file being placed, a file being unlinked). Start-up re-checks the paths of every
+/// operation logged at or after the marker's `resolved_before`, so each token must end in
+/// [`Journal::resolve`] once the effects were issued; a token never resolved (the daemon
+/// died) is exactly what start-up cleans up after.
+#[must_use = "an in-flight operation must be resolved"]
+#[derive(Debug)]
+pub struct InFlight {
+    offset: u64,
+}
+
+struct JournalState {
+    file: File,
+    /// The file's length: where a failed append is cut back to, kept here so an append
+    /// costs one `write`, not an `fstat` too.
+    len: u64,
+    /// Offsets of in-flight operations → how many (one append can log several).
+    in_flight: BTreeMap<u64, u32>,
+}
+
 /// The open journal, appended to by every core.
 pub struct Journal {
-    /// The file and its length: the length marks where a failed append is cut back to,
-    /// kept here so an append costs one `write`, not an `fstat` too.
-    file: Mutex<(File, u64)>,
+    state: Mutex<JournalState>,
+    marker: SyncMarker,
 }
 
 impl Journal {
-    /// Opens (creating) the journal, replays it through `apply` and truncates a torn tail.
+    /// Opens (creating) the journal at `path`, replays it through `apply` and cuts a torn
+    /// tail, setting its bytes aside in `journal-tail-<unix seconds>.torn` beside it.
+    /// The caller has synced the file systems first, so what is read is what is on disk.
     pub fn open(
         path: &Path,
-        apply: impl FnMut(EntryView<'_>),
-    ) -> Result<(Journal, Replay), ReplayError> {
+        apply: impl FnMut(u64, EntryView<'_>),
+    ) -> Result<(Journal, Replay, SyncPoint), ReplayError> {
         let file = OpenOptions::new()
             .read(true)
             .append(true)
             .create(true)
             .open(path)
             .map_err(ReplayError::Io)?;
-        let (replay, valid_len) = replay(&mut std::io::BufReader::new(&file), apply)?;
+        let marker_path = path.with_extension("synced");
+        let (marker, found) = SyncMarker::open(&marker_path).map_err(ReplayError::Io)?;
+        let rule = match found {
+            Some(point) => TailRule::SyncedUpTo(point.synced_len),
+            None => TailRule::NoMarker,
+        };
+        let (replay, valid_len) = replay(&mut std::io::BufReader::new(&file), rule, apply)?;
         if replay.torn_tail_bytes > 0 {
+            set_aside_tail(path, &file, valid_len).map_err(ReplayError::Io)?;
             file.set_len(valid_len).map_err(ReplayError::Io)?;
             file.sync_all().map_err(ReplayError::Io)?;
         }
+        let recorded = found.unwrap_or(SyncPoint {
+            synced_len: 0,
+            resolved_before: 0,
+        });
         let journal = Journal {
-            file: Mutex::new((file, valid_len)),
+            state: Mutex::new(JournalState {
+                file,
+                len: valid_len,
+                in_flight: BTreeMap::new(),
+            }),
+            marker,
         };
-        Ok((journal, replay))
+        Ok((journal, replay, recorded))
+    }
+
+    /// The sync point recorded beside the journal at `path`, read-only; `None` when there
+    /// is no readable marker.
+    pub fn recorded_point(path: &Path) -> Option<SyncPoint> {
+        let bytes = std::fs::read(path.with_extension("synced")).ok()?;
+        decode_marker(&bytes)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, JournalState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Appends whole lines in one write; on failure the file is cut back to where it was.
     pub fn append(&self, lines: &[u8]) -> io::Result<()> {
-        debug_assert!(lines.is_empty() || lines.ends_with(b"\n"));
-        let mut guard = self.file.lock().unwrap_or_else(|p| p.into_inner());
-        let (file, len) = &mut *guard;
-        if let Err(e) = file.write_all(lines) {
-            // Cut a partial record so the next append starts on a line boundary.
-            file.set_len(*len)?;
-            return Err(e);
+        self.append_at(lines).map(|_| ())
+    }
+
+    /// Appends lines that log an operation still to be carried out on the tree.
+    pub fn append_in_flight(&self, lines: &[u8]) -> io::Result<InFlight> {
+        let mut state = self.lock();
+        let offset = append_locked(&mut state, lines)?;
+        *state.in_flight.entry(offset).or_insert(0) += 1;
+        Ok(InFlight { offset })
+    }
+
+    /// The operation's effects were issued (or undone): a sync that starts from now on
+    /// makes them durable.
+    pub fn resolve(&self, token: InFlight) {
+        let mut state = self.lock();
+        if let std::collections::btree_map::Entry::Occupied(mut entry) =
+            state.in_flight.entry(token.offset)
+        {
+            *entry.get_mut() -= 1;
+            if *entry.get() == 0 {
+                entry.remove();
+            }
         }
-        *len += lines.len() as u64;
-        Ok(())
+    }
+
+    /// The operation's effects could not be carried out (an unlink failed): it stays in
+    /// flight for this process's life, so the next start re-checks it.
+    pub fn keep_in_flight(&self, token: InFlight) {
+        let _ = token;
+    }
+
+    fn append_at(&self, lines: &[u8]) -> io::Result<u64> {
+        append_locked(&mut self.lock(), lines)
+    }
+
+    /// Where the journal is now: taken by the sync thread right before it syncs.
+    pub fn sync_point(&self) -> SyncPoint {
+        let state = self.lock();
+        SyncPoint {
+            synced_len: state.len,
+            resolved_before: state.in_flight.keys().next().copied().unwrap_or(state.len),
+        }
+    }
+
+    /// Records that a sync starting at `point` completed (sync thread only). The marker
+    /// itself reaches the disk with the next sync, or [`Journal::flush_marker`].
+    pub fn record_synced(&self, point: SyncPoint) -> io::Result<()> {
+        self.marker.write(point)
+    }
+
+    /// Makes the last recorded point durable (the sync thread, when idle, and shutdown).
+    pub fn flush_marker(&self) -> io::Result<()> {
+        self.marker.file.sync_data()
     }
 
     /// fsyncs the journal file (used at shutdown).
     pub fn sync(&self) -> io::Result<()> {
-        self.file
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .0
-            .sync_all()
+        self.lock().file.sync_all()
     }
+}
+
+fn append_locked(state: &mut JournalState, lines: &[u8]) -> io::Result<u64> {
+    debug_assert!(lines.is_empty() || lines.ends_with(b"\n"));
+    let offset = state.len;
+    if let Err(e) = state.file.write_all(lines) {
+        // Cut a partial record so the next append starts on a line boundary.
+        state.file.set_len(offset)?;
+        return Err(e);
+    }
+    state.len += lines.len() as u64;
+    Ok(offset)
+}
+
+/// Copies the journal's bytes from `from` to its end into `journal-tail-<unix seconds>.torn`
+/// beside it, synced, so that cutting the tail deletes nothing silently.
+fn set_aside_tail(path: &Path, file: &File, from: u64) -> io::Result<()> {
+    use std::io::{Seek, SeekFrom};
+    let seconds = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let aside = path.with_file_name(format!("journal-tail-{seconds}.torn"));
+    let mut out = OpenOptions::new().create(true).append(true).open(&aside)?;
+    let mut source = file.try_clone()?;
+    source.seek(SeekFrom::Start(from))?;
+    io::copy(&mut source, &mut out)?;
+    out.sync_all()?;
+    if let Some(dir) = aside.parent() {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// `journal.synced`: the last [`SyncPoint`] whose sync completed, as one checksummed line
+/// overwritten in place (96 bytes: inside one sector, so a write lands whole or not at
+/// all; the checksum catches anything else, and a bad marker counts as no marker).
+struct SyncMarker {
+    file: File,
+}
+
+const MARKER_BYTES: usize = 96;
+
+impl SyncMarker {
+    fn open(path: &Path) -> io::Result<(SyncMarker, Option<SyncPoint>)> {
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
+        let mut bytes = Vec::with_capacity(MARKER_BYTES);
+        (&mut file)
+            .take(MARKER_BYTES as u64 * 2)
+            .read_to_end(&mut bytes)?;
+        let found = decode_marker(&bytes);
+        if found.is_none() && !bytes.is_empty() {
+            eprintln!(
+                "rhinobox: warning: {} is unreadable; the journal tail is judged without it",
+                path.display()
+            );
+        }
+        Ok((SyncMarker { file }, found))
+    }
+
+    fn write(&self, point: SyncPoint) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        self.file.write_all_at(&encode_marker(point), 0)
+    }
+}
+
+fn encode_marker(point: SyncPoint) -> [u8; MARKER_BYTES] {
+    let body = format!(
+        "synced {:020} resolved {:020}",
+        point.synced_len, point.resolved_before
+    );
+    let line = format!("{body} {:010}", crc32fast::hash(body.as_bytes()));
+    let mut out = [b' '; MARKER_BYTES];
+    out[..line.len()].copy_from_slice(line.as_bytes());
+    out[MARKER_BYTES - 1] = b'\n';
+    out
+}
+
+fn decode_marker(bytes: &[u8]) -> Option<SyncPoint> {
+    let text = std::str::from_utf8(bytes.get(..MARKER_BYTES)?).ok()?;
+    let mut words = text.split_ascii_whitespace();
+    let (synced_word, synced, resolved_word, resolved, crc) = (
+        words.next()?,
+        words.next()?,
+        words.next()?,
+        words.next()?,
+        words.next()?,
+    );
+    if synced_word != "synced" || resolved_word != "resolved" || words.next().is_some() {
+        return None;
+    }
+    let body = format!("{synced_word} {synced} {resolved_word} {resolved}");
+    if crc32fast::hash(body.as_bytes()) != crc.parse::<u32>().ok()? {
+        return None;
+    }
+    let point = SyncPoint {
+        synced_len: synced.parse().ok()?,
+        resolved_before: resolved.parse().ok()?,
+    };
+    (point.resolved_before <= point.synced_len).then_some(point)
 }
 
 #[cfg(test)]
@@ -470,6 +739,58 @@ mod tests {
             bad[i] ^= 0x01;
             assert_eq!(decode_line(&bad), None, "flip at {i} went unnoticed");
         }
+    }
+
+    /// The marker survives a round trip; any flipped byte makes it unreadable.
+    #[test]
+    fn sync_marker_round_trip() {
+        let point = SyncPoint {
+            synced_len: 123_456_789_012,
+            resolved_before: 42,
+        };
+        let bytes = encode_marker(point);
+        assert_eq!(decode_marker(&bytes), Some(point));
+        for i in 0..bytes.len() - 1 {
+            let mut bad = bytes;
+            bad[i] ^= 0x01;
+            assert_ne!(
+                decode_marker(&bad),
+                Some(point),
+                "flip at {i} went unnoticed"
+            );
+        }
+    }
+
+    /// With a marker, a bad line before the synced length is corruption even when it is
+    /// the last line; after it, everything from the bad line on is the torn tail.
+    #[test]
+    fn marker_tells_damage_from_a_torn_tail() {
+        let mut data = Vec::new();
+        encode_line(&JournalEntry::Put(record(1)), &mut data);
+        let first_len = data.len();
+        encode_line(&JournalEntry::Put(record(2)), &mut data);
+        let mut flipped = data.clone();
+        flipped[first_len + 10] ^= 0x01;
+        let synced = TailRule::SyncedUpTo(data.len() as u64);
+        assert!(matches!(
+            parse_with(&flipped, synced),
+            Err(ReplayError::Corrupt { line_number: 2, .. })
+        ));
+        // Without the marker the same flip is taken for a torn tail.
+        let (_, replay, valid) = parse(&flipped).unwrap();
+        assert_eq!((replay.records, valid as usize), (1, first_len));
+        // Synced only up to the first line: the second and a valid third are the tail.
+        encode_line(&JournalEntry::Put(record(3)), &mut flipped);
+        let (entries, replay, valid) =
+            parse_with(&flipped, TailRule::SyncedUpTo(first_len as u64)).unwrap();
+        assert_eq!(entries.len(), 1);
+        assert_eq!(valid as usize, first_len);
+        assert_eq!(replay.torn_tail_valid_lines, 1);
+        // A journal shorter than what was synced refuses.
+        assert!(matches!(
+            parse_with(&data[..first_len], TailRule::SyncedUpTo(data.len() as u64)),
+            Err(ReplayError::Shorter { .. })
+        ));
     }
 
     /// A torn tail is cut; a bad line before a good one is corruption.

@@ -12,22 +12,30 @@
 
 pub mod chronicle;
 pub mod durability;
+pub mod failpoint;
 pub mod index;
 pub mod io;
 pub mod journal;
+pub mod protocol;
+pub mod recovery;
 pub mod stored;
+pub mod tmp;
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use dashmap::DashSet;
 
 use crate::config::Durability;
-use durability::GroupCommit;
-use index::{Index, parse_hash};
-use journal::{EntryView, Journal};
+use durability::{GroupCommit, SyncUnavailable};
+use index::Index;
+use journal::Journal;
+
+pub use protocol::{PutItem, Staged, StoreError, Stored};
+pub use recovery::OpenReport;
 
 /// Counters since start-up (metrics and /statistics).
 #[derive(Default)]
@@ -43,12 +51,15 @@ pub struct Store {
     pub storage_dir: PathBuf,
     pub tmp_dir: PathBuf,
     pub index: Index,
-    pub journal: Journal,
+    journal: Arc<Journal>,
     pub durability: Durability,
     pub group_commit: GroupCommit,
+    /// One directory per distinct file system of the data dir (synced at shutdown).
+    sync_targets: Vec<File>,
     pub counters: Counters,
     /// Directories known to exist under storage/ (saves a mkdir per file).
     known_dirs: DashSet<PathBuf>,
+    tmp_sequence: AtomicU64,
     /// Held for the life of the process: one daemon per data dir.
     _lock: File,
 }
@@ -63,14 +74,9 @@ impl std::fmt::Display for OpenError {
     }
 }
 
-/// What start-up found, for the start-up log line.
-pub struct OpenReport {
-    pub records_replayed: usize,
-    pub torn_tail_bytes: u64,
-    pub tmp_files_removed: usize,
-}
-
 impl Store {
+    /// Opens the data dir: lock, sync, replay, recovery (`store::recovery`), then starts
+    /// the sync thread.
     pub fn open(data_dir: &Path, durability: Durability) -> Result<(Store, OpenReport), OpenError> {
         let storage_dir = data_dir.join("storage");
         let tmp_dir = storage_dir.join(".tmp");
@@ -84,15 +90,26 @@ impl Store {
             })?;
         }
         let lock = lock_data_dir(data_dir)?;
-        let tmp_files_removed = empty_dir(&tmp_dir)
-            .map_err(|e| OpenError(format!("cannot empty {}: {e}", tmp_dir.display())))?;
+        let sync_targets =
+            durability::distinct_file_systems(&[data_dir, &storage_dir, &tmp_dir, &metadata_dir])
+                .map_err(|e| OpenError(format!("cannot open the data dir to sync it: {e}")))?;
         let index = Index::new();
-        let journal_path = metadata_dir.join("journal.ndjson");
-        let (journal, replay) = Journal::open(&journal_path, |entry| apply(&index, entry))
-            .map_err(|e| OpenError(format!("{}: {e}", journal_path.display())))?;
-        let records_replayed = replay.records;
-        let group_commit = GroupCommit::start(data_dir)
-            .map_err(|e| OpenError(format!("cannot start the sync thread: {e}")))?;
+        let recovered = recovery::recover(
+            &recovery::Layout {
+                data_dir,
+                tmp_dir: &tmp_dir,
+                journal_path: &metadata_dir.join("journal.ndjson"),
+            },
+            &index,
+            &sync_targets,
+        )?;
+        let journal = Arc::new(recovered.journal);
+        let group_commit = GroupCommit::start(
+            durability::distinct_file_systems(&[data_dir, &storage_dir, &tmp_dir, &metadata_dir])
+                .map_err(|e| OpenError(format!("cannot open the data dir to sync it: {e}")))?,
+            journal.clone(),
+        )
+        .map_err(|e| OpenError(format!("cannot start the sync thread: {e}")))?;
         let store = Store {
             data_dir: data_dir.to_path_buf(),
             storage_dir,
@@ -101,21 +118,24 @@ impl Store {
             journal,
             durability,
             group_commit,
+            sync_targets,
             counters: Counters::default(),
             known_dirs: DashSet::new(),
+            tmp_sequence: AtomicU64::new(0),
             _lock: lock,
         };
-        let report = OpenReport {
-            records_replayed,
-            torn_tail_bytes: replay.torn_tail_bytes,
-            tmp_files_removed,
-        };
-        Ok((store, report))
+        Ok((store, recovered.report))
     }
 
     /// Absolute path of a record path (`storage/...`, relative to the data dir).
     pub fn absolute(&self, relative: &str) -> PathBuf {
         self.data_dir.join(relative)
+    }
+
+    /// A tmp path unique within this process.
+    pub fn next_tmp_path(&self) -> PathBuf {
+        let n = self.tmp_sequence.fetch_add(1, Ordering::Relaxed);
+        self.tmp_dir.join(format!("{n}.part"))
     }
 
     /// True when `dir` was already created by this process.
@@ -134,10 +154,21 @@ impl Store {
     }
 
     /// Waits until writes done so far are on stable storage (durability `batch`).
-    pub async fn make_durable(&self) {
+    pub async fn make_durable(&self) -> Result<(), SyncUnavailable> {
         if self.durability == Durability::Batch {
-            self.group_commit.barrier().await;
+            self.group_commit.barrier().await?;
         }
+        Ok(())
+    }
+
+    /// Final flush at shutdown, whatever the durability mode: the journal, every file
+    /// system of the data dir, and the sync marker.
+    pub fn sync_at_exit(&self) -> std::io::Result<()> {
+        self.journal.sync()?;
+        let point = self.journal.sync_point();
+        durability::sync_all(&self.sync_targets)?;
+        self.journal.record_synced(point)?;
+        self.journal.flush_marker()
     }
 
     pub fn count_ingested(&self, bytes: u64) {
@@ -156,26 +187,6 @@ impl Store {
         self.counters
             .bytes_deduplicated_total
             .fetch_add(bytes, Ordering::Relaxed);
-    }
-}
-
-fn apply(index: &Index, entry: EntryView<'_>) {
-    match entry {
-        EntryView::Put(record) => {
-            let inserted = parse_hash(&record.hash).and_then(|hash| index.insert(&hash, &record));
-            if inserted.is_none() {
-                eprintln!(
-                    "rhinobox: warning: journal record for {:?} has an unreadable hash or time; skipped",
-                    record.path
-                );
-            }
-        }
-        EntryView::Place { .. } => {}
-        EntryView::Delete { hash, .. } => {
-            if let Some(hash) = parse_hash(&hash) {
-                index.remove(&hash);
-            }
-        }
     }
 }
 
@@ -202,18 +213,4 @@ fn lock_data_dir(data_dir: &Path) -> Result<File, OpenError> {
         )));
     }
     Ok(file)
-}
-
-fn empty_dir(dir: &Path) -> std::io::Result<usize> {
-    let mut removed = 0;
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        if entry.file_type()?.is_dir() {
-            std::fs::remove_dir_all(entry.path())?;
-        } else {
-            std::fs::remove_file(entry.path())?;
-        }
-        removed += 1;
-    }
-    Ok(removed)
 }

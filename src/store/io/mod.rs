@@ -62,18 +62,22 @@ impl CoreIo {
         }
     }
 
-    pub async fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+    /// Renames `from` to `to` unless `to` exists (then `AlreadyExists`): a final name never
+    /// replaces another file.
+    pub async fn rename_noreplace(&self, from: &Path, to: &Path) -> io::Result<()> {
+        crate::store::failpoint::check("rename")?;
         match self {
             // A direct syscall on purpose: see the module comment.
-            CoreIo::Uring(_) => std::fs::rename(from, to),
+            CoreIo::Uring(_) => rename_noreplace(from, to),
             CoreIo::Threads(io) => {
                 let (from, to) = (from.to_path_buf(), to.to_path_buf());
-                io.pool.run(move || std::fs::rename(from, to)).await
+                io.pool.run(move || rename_noreplace(&from, &to)).await
             }
         }
     }
 
     pub async fn remove_file(&self, path: &Path) -> io::Result<()> {
+        crate::store::failpoint::check("unlink")?;
         match self {
             CoreIo::Uring(_) => tokio_uring::fs::remove_file(path).await,
             CoreIo::Threads(io) => {
@@ -98,6 +102,7 @@ impl FileWriter {
     /// Appends `data` to the file. Waits at most [`Limits::io_buffer_wait_max`] for an io
     /// buffer, then fails with [`io::ErrorKind::TimedOut`].
     pub async fn write(&mut self, data: &[u8]) -> io::Result<()> {
+        crate::store::failpoint::check("write")?;
         match self {
             FileWriter::Uring(w) => w.write(data).await,
             FileWriter::Threads(w) => w.write(data).await,
@@ -185,4 +190,33 @@ fn io_uring_probe_ring() -> io::Result<()> {
     // SAFETY: `fd` is a descriptor we own and close exactly once.
     unsafe { libc::close(fd as i32) };
     Ok(())
+}
+
+/// `renameat2(RENAME_NOREPLACE)`; where the file system does not support the flag
+/// (EINVAL), `link` + `unlink`, which refuses an existing target just the same.
+pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let from_c = CString::new(from.as_os_str().as_bytes())?;
+    let to_c = CString::new(to.as_os_str().as_bytes())?;
+    // SAFETY: both pointers are NUL-terminated strings that live across the call;
+    // AT_FDCWD makes relative paths resolve as for rename(2).
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            from_c.as_ptr(),
+            libc::AT_FDCWD,
+            to_c.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    let error = io::Error::last_os_error();
+    if error.raw_os_error() != Some(libc::EINVAL) {
+        return Err(error);
+    }
+    std::fs::hard_link(from, to)?;
+    std::fs::remove_file(from)
 }

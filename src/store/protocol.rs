@@ -1,0 +1,634 @@
+//! The store's protocols: put and delete. Ingest and the API call these; nothing else
+//! writes the journal, places a file under `storage/` or removes one.
+//!
+//! # Invariants
+//! - I1 (acknowledged is durable): with durability `batch`, a put or delete returns only
+//!   after a sync that started after all its writes (file data, directory entries,
+//!   journal lines) completed on every file system of the data dir.
+//! - I2 (a record names a complete file): a file reaches its final name only by a rename
+//!   of a complete tmp file whose data was synced (`batch`) before the rename; its `put`
+//!   line is appended after the rename.
+//! - I3 (a final name never replaces): renames use `RENAME_NOREPLACE`; a name taken by
+//!   another content gets a longer hash prefix (16, 24, 32, then all 64 hex digits).
+//! - I4 (nothing stray stays): every file placed under a final name was logged first as
+//!   a `place` intent, synced with its data; every unlink of a stored file is preceded by
+//!   its `delete` line. Both are "in flight" in the journal ([`super::journal::InFlight`])
+//!   until their effects were issued; the sync marker records the lowest offset still in
+//!   flight, so start-up re-checks only the paths logged after it.
+//! - I5 (duplicates name a live file): a duplicate upload holds a lease on the stored
+//!   hash until it answers; a delete waits for the leases after turning the hash into a
+//!   claim (no new lease), so `duplicate: true` never names an unlinked file.
+//! - I6 (dedup trusts no stale copy): a duplicate hit checks the stored copy (a regular
+//!   file of the recorded size); a missing or short copy is deleted from the journal and
+//!   the upload's bytes are stored in its place.
+//! - Hashes are claimed in ascending order, so two requests never wait on each other.
+//!
+//! # Put (one request, all files or none)
+//! 1. claim each distinct hash; a stored hash is a duplicate (leased, its copy checked);
+//! 2. append `place` intents for the new hashes (and `delete` lines for damaged copies);
+//! 3. write new in-memory files to tmp files (large ones arrived in tmp files already);
+//! 4. `batch`: sync — tmp data and intents durable;
+//! 5. unlink damaged copies; rename each new tmp file to its final name (no replace);
+//!    remove the tmp files of duplicates;
+//! 6. append the `put` records — the commit point;
+//! 7. `batch`: sync; resolve the intents; publish the hashes; drop the leases.
+//!
+//! Crash points and what start-up does (see `store::recovery`):
+//! - before 4 completes: tmp files are removed (`.tmp` is emptied); intents without a
+//!   file are harmless;
+//! - between 5 and the durable end of 6: a placed file with an intent but no record is a
+//!   stray: start-up finds it through the intent (all prefix lengths) and removes it;
+//! - after 6 is durable: the file and record stand.
+//! - A failure in 3–6 removes what was renamed and abandons the claims (a damaged copy
+//!   whose delete line was written stays deleted: the index agrees with the journal).
+//!
+//! # Delete
+//! 1. the hash turns from stored into a claim (it leaves listings; uploads of the same
+//!    content wait) and the delete waits for the leases of duplicate uploads;
+//! 2. append the `delete` line (in flight); a failure restores the file;
+//! 3. `batch`: sync;
+//! 4. unlink the file; resolve; drop the claim.
+//!
+//! A crash after 3 and before 4 leaves the file on disk without a record: start-up finds
+//! it through the `delete` line and removes it. An unlink that fails (not "missing")
+//! keeps its line in flight, so the next start retries it.
+//!
+//! Errors are [`StoreError`]s: what failed and the io error; callers map them to status
+//! codes. A failed sync never returns: the sync thread exits the process with 70.
+
+use std::collections::HashMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+
+use super::Store;
+use super::index::{Claim, Hash, Lease, StoredFile};
+use super::io::CoreIo;
+use super::journal::{FileRecord, InFlight, JournalEntry, encode_line};
+use super::tmp::TmpFiles;
+
+/// A failed store operation: what was being done, and the io error.
+#[derive(Debug)]
+pub struct StoreError {
+    pub context: &'static str,
+    pub error: io::Error,
+}
+
+impl StoreError {
+    fn new(context: &'static str, error: io::Error) -> StoreError {
+        StoreError { context, error }
+    }
+}
+
+impl From<super::durability::SyncUnavailable> for StoreError {
+    fn from(e: super::durability::SyncUnavailable) -> StoreError {
+        StoreError::new("cannot sync", e.into())
+    }
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.context, self.error)
+    }
+}
+
+/// Where a file to put has its bytes.
+pub enum Staged<'a> {
+    /// In memory: written to a tmp file only when its content is new.
+    Memory(&'a [Bytes]),
+    /// In a complete tmp file under `storage/.tmp/`, renamed or removed by the put.
+    Tmp(&'a Path),
+}
+
+/// One file of a put: its hash, the record it gets if its content is new, its bytes.
+pub struct PutItem<'a> {
+    pub hash: Hash,
+    pub record: FileRecord,
+    pub staged: Staged<'a>,
+}
+
+/// One file's outcome, in request order.
+pub struct Stored {
+    pub record: FileRecord,
+    /// The content was stored before (or earlier in the same request).
+    pub duplicate: bool,
+}
+
+/// Files written or renamed beyond this many run one after another (bounds ops in flight
+/// per request).
+const PLACE_CONCURRENCY_MAX: usize = 16;
+
+/// Hash prefix lengths a final name may carry, tried in order on a name collision.
+pub const NAME_PREFIX_HEX_LENGTHS: [usize; 5] = [12, 16, 24, 32, 64];
+
+/// `path` (`.../<hex12>_<name>`) with the first `len` hex digits of `hash_hex` as prefix.
+pub fn with_prefix(path: &str, hash_hex: &str, len: usize) -> String {
+    let leaf_at = path.rfind('/').map(|i| i + 1).unwrap_or(0);
+    let leaf = &path[leaf_at..];
+    let rest = leaf.get(12..).unwrap_or("");
+    format!("{}{}{}", &path[..leaf_at], &hash_hex[..len], rest)
+}
+
+/// What a put decided for one distinct hash.
+enum Plan<'a> {
+    /// New content: stored from item `first`, under `record`.
+    New { first: usize, record: FileRecord },
+    /// Stored before, copy intact: answered with its record.
+    /// The lease is held, not read: it drops with the plan, after the answer is built.
+    Duplicate(Arc<StoredFile>, #[allow(dead_code)] Lease<'a>),
+}
+
+/// Undoes a put that failed before its commit point; disarmed at the commit point.
+struct Rollback<'a> {
+    store: &'a Store,
+    claimed: Vec<Hash>,
+    renamed: Vec<PathBuf>,
+    intents: Option<InFlight>,
+    armed: bool,
+}
+
+impl Drop for Rollback<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let mut removed_all = true;
+        for path in &self.renamed {
+            match std::fs::remove_file(path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(_) => removed_all = false,
+            }
+        }
+        for hash in &self.claimed {
+            self.store.index.abandon(hash);
+        }
+        // A file that could not be removed keeps its intent in flight: the next start
+        // removes it.
+        if let Some(token) = self.intents.take()
+            && removed_all
+        {
+            self.store.journal.resolve(token);
+        }
+    }
+}
+
+impl Store {
+    /// Stores the files of one request (see the module docs); the outcome of each file in
+    /// request order. On error nothing of the request stays, and the tmp files of `items`
+    /// are left to the caller's guard.
+    pub async fn put(
+        &self,
+        io: &CoreIo,
+        items: &[PutItem<'_>],
+        tmp_files: &mut TmpFiles,
+    ) -> Result<Vec<Stored>, StoreError> {
+        let mut first_of: HashMap<Hash, usize> = HashMap::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            first_of.entry(item.hash).or_insert(i);
+        }
+        let mut unique: Vec<Hash> = first_of.keys().copied().collect();
+        unique.sort_unstable();
+
+        let mut rollback = Rollback {
+            store: self,
+            claimed: Vec::new(),
+            renamed: Vec::new(),
+            intents: None,
+            armed: true,
+        };
+        let mut plans: HashMap<Hash, Plan<'_>> = HashMap::with_capacity(unique.len());
+        let mut damaged: Vec<Arc<StoredFile>> = Vec::new();
+        for hash in &unique {
+            let first = first_of[hash];
+            let plan = self.plan(hash, first, items, &mut damaged).await;
+            if matches!(plan, Plan::New { .. }) {
+                rollback.claimed.push(*hash);
+            }
+            plans.insert(*hash, plan);
+        }
+
+        let new_hashes: Vec<Hash> = rollback.claimed.clone();
+        if !new_hashes.is_empty() {
+            let lines = intent_lines(&new_hashes, &plans, &damaged);
+            let token = self
+                .journal_append_in_flight(&lines)
+                .map_err(|e| StoreError::new("cannot append to the journal", e))?;
+            rollback.intents = Some(token);
+        }
+        let mut tmp_of: HashMap<Hash, PathBuf> = HashMap::with_capacity(new_hashes.len());
+        self.write_new_in_memory(io, items, &plans, tmp_files, &mut tmp_of)
+            .await?;
+        // Planted bug for the power-loss harness (tools/crashdisk): no data sync before
+        // the renames.
+        #[cfg(not(feature = "planted-skip-data-sync"))]
+        if !new_hashes.is_empty() {
+            self.make_durable().await?;
+        }
+        for file in &damaged {
+            remove_if_present(io, &self.absolute(&file.path()))
+                .await
+                .map_err(|e| StoreError::new("cannot remove a damaged stored copy", e))?;
+        }
+        self.place(io, items, &mut plans, &tmp_of, &mut rollback)
+            .await?;
+
+        let mut lines = Vec::with_capacity(new_hashes.len() * 400);
+        for hash in &new_hashes {
+            if let Some(Plan::New { record, .. }) = plans.get(hash) {
+                encode_line(&JournalEntry::Put(record.clone()), &mut lines);
+            }
+        }
+        if !lines.is_empty() {
+            self.journal_append(&lines)
+                .map_err(|e| StoreError::new("cannot append to the journal", e))?;
+        }
+        // The journal record is the commit point: from here the files stay, even if this
+        // task is dropped at shutdown (the final sync at exit covers them).
+        rollback.armed = false;
+        let intents = rollback.intents.take();
+        // Planted bug for the power-loss harness (tools/crashdisk): no sync after the
+        // append.
+        #[cfg(not(feature = "planted-skip-journal-sync"))]
+        if !lines.is_empty() {
+            self.make_durable().await?;
+        }
+        if let Some(token) = intents {
+            self.journal.resolve(token);
+        }
+        for hash in &new_hashes {
+            if let Some(Plan::New { record, .. }) = plans.get(hash) {
+                self.index.publish(hash, record);
+                self.count_ingested(record.size);
+            }
+        }
+        Ok(self.outcomes(items, &first_of, plans))
+    }
+
+    /// Claims `hash` or takes a lease on its stored copy, checking that copy (I6).
+    async fn plan<'s>(
+        &'s self,
+        hash: &Hash,
+        first: usize,
+        items: &[PutItem<'_>],
+        damaged: &mut Vec<Arc<StoredFile>>,
+    ) -> Plan<'s> {
+        loop {
+            match self.index.claim(hash).await {
+                Claim::Claimed => {
+                    let record = items[first].record.clone();
+                    return Plan::New { first, record };
+                }
+                Claim::Existing(file, lease) => {
+                    if self.copy_intact(&file) {
+                        return Plan::Duplicate(file, lease);
+                    }
+                    drop(lease);
+                    if self.index.claim_damaged(hash, &file) {
+                        eprintln!(
+                            "rhinobox: warning: stored copy {} is missing or damaged; \
+                             storing the uploaded bytes in its place",
+                            file.path()
+                        );
+                        damaged.push(file);
+                        let record = items[first].record.clone();
+                        return Plan::New { first, record };
+                    }
+                    // The slot changed meanwhile (a delete, a heal): look again.
+                }
+            }
+        }
+    }
+
+    /// A stored copy is usable for dedup when it is a regular file of the recorded size.
+    /// One `lstat` (the inode is cached for recently stored files); a blocking call on the
+    /// core, as for renames.
+    fn copy_intact(&self, file: &StoredFile) -> bool {
+        match std::fs::symlink_metadata(self.absolute(&file.path())) {
+            Ok(meta) => meta.file_type().is_file() && meta.len() == file.size,
+            Err(_) => false,
+        }
+    }
+
+    /// Writes the first copy of each new in-memory hash into a tmp file, so that the
+    /// rename after the sync places only complete files (I2). Copies of duplicates never
+    /// touch the disk.
+    async fn write_new_in_memory(
+        &self,
+        io: &CoreIo,
+        items: &[PutItem<'_>],
+        plans: &HashMap<Hash, Plan<'_>>,
+        tmp_files: &mut TmpFiles,
+        tmp_of: &mut HashMap<Hash, PathBuf>,
+    ) -> Result<(), StoreError> {
+        let mut writes: Vec<(Hash, &[Bytes], PathBuf)> = Vec::new();
+        for (hash, plan) in plans {
+            let Plan::New { first, .. } = plan else {
+                continue;
+            };
+            match items[*first].staged {
+                Staged::Memory(chunks) => {
+                    let path = self.next_tmp_path();
+                    tmp_files.add(path.clone());
+                    writes.push((*hash, chunks, path));
+                }
+                Staged::Tmp(path) => {
+                    tmp_of.insert(*hash, path.to_path_buf());
+                }
+            }
+        }
+        let results: Vec<(Hash, PathBuf, io::Result<()>)> = futures_util::stream::iter(writes)
+            .map(|(hash, chunks, path)| async move {
+                let result = write_new(io, &path, chunks).await;
+                (hash, path, result)
+            })
+            .buffer_unordered(PLACE_CONCURRENCY_MAX)
+            .collect()
+            .await;
+        let mut first_error = None;
+        for (hash, path, result) in results {
+            match result {
+                Ok(()) => {
+                    tmp_of.insert(hash, path);
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        match first_error {
+            Some(e) => Err(StoreError::new("cannot write tmp file", e)),
+            None => Ok(()),
+        }
+    }
+
+    /// Renames each new hash's tmp file into its final name (I3) and removes every other
+    /// tmp file of the request.
+    async fn place(
+        &self,
+        io: &CoreIo,
+        items: &[PutItem<'_>],
+        plans: &mut HashMap<Hash, Plan<'_>>,
+        tmp_of: &HashMap<Hash, PathBuf>,
+        rollback: &mut Rollback<'_>,
+    ) -> Result<(), StoreError> {
+        let mut moves: Vec<(Hash, &Path, String)> = Vec::with_capacity(tmp_of.len());
+        for (hash, tmp) in tmp_of {
+            let Some(Plan::New { record, .. }) = plans.get(hash) else {
+                continue;
+            };
+            let target = self.absolute(&record.path);
+            if let Some(parent) = target.parent() {
+                self.ensure_dir(io, parent)
+                    .await
+                    .map_err(|e| StoreError::new("cannot create directory", e))?;
+            }
+            moves.push((*hash, tmp.as_path(), record.path.clone()));
+        }
+        let placed: Vec<(Hash, io::Result<String>)> = futures_util::stream::iter(moves)
+            .map(|(hash, tmp, path)| async move {
+                (hash, self.move_into_place(io, tmp, &path, &hash).await)
+            })
+            .buffer_unordered(PLACE_CONCURRENCY_MAX)
+            .collect()
+            .await;
+        let mut first_error = None;
+        for (hash, result) in placed {
+            match result {
+                Ok(path) => {
+                    rollback.renamed.push(self.absolute(&path));
+                    if let Some(Plan::New { record, .. }) = plans.get_mut(&hash) {
+                        record.path = path;
+                    }
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = first_error {
+            return Err(StoreError::new("cannot move file into place", e));
+        }
+        // Tmp files that were not renamed: copies of duplicates.
+        let renamed: std::collections::HashSet<&Path> =
+            tmp_of.values().map(|p| p.as_path()).collect();
+        for item in items {
+            if let Staged::Tmp(path) = item.staged
+                && !renamed.contains(path)
+            {
+                remove_if_present(io, path)
+                    .await
+                    .map_err(|e| StoreError::new("cannot remove tmp file", e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Renames `tmp` to the final name `path`, or to the same name with a longer hash
+    /// prefix when a file already has it. When the target's directory vanished since this
+    /// process created it (an operator removed it), creates it again and retries once.
+    /// Returns the record path used.
+    async fn move_into_place(
+        &self,
+        io: &CoreIo,
+        tmp: &Path,
+        path: &str,
+        hash: &Hash,
+    ) -> io::Result<String> {
+        let hex = blake3::Hash::from_bytes(*hash).to_hex();
+        let mut last_error = None;
+        for len in NAME_PREFIX_HEX_LENGTHS {
+            let candidate = with_prefix(path, hex.as_str(), len);
+            let target = self.absolute(&candidate);
+            let result = match io.rename_noreplace(tmp, &target).await {
+                Err(e) if e.kind() == io::ErrorKind::NotFound && tmp.exists() => {
+                    let parent = target.parent().expect("stored paths have a parent");
+                    self.forget_dir(parent);
+                    self.ensure_dir(io, parent).await?;
+                    io.rename_noreplace(tmp, &target).await
+                }
+                other => other,
+            };
+            match result {
+                Ok(()) => return Ok(candidate),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last_error = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| io::Error::from(io::ErrorKind::AlreadyExists)))
+    }
+
+    /// Creates `dir` unless this process already did.
+    async fn ensure_dir(&self, io: &CoreIo, dir: &Path) -> io::Result<()> {
+        if !self.dir_known(dir) {
+            io.create_dir_all(dir).await?;
+            self.remember_dir(dir.to_path_buf());
+        }
+        Ok(())
+    }
+
+    /// The `stored` entries in request order: the last occurrence of a new hash takes its
+    /// record, earlier ones copy it; later copies are duplicates of the first.
+    fn outcomes(
+        &self,
+        items: &[PutItem<'_>],
+        first_of: &HashMap<Hash, usize>,
+        mut plans: HashMap<Hash, Plan<'_>>,
+    ) -> Vec<Stored> {
+        let mut last_of: HashMap<Hash, usize> = HashMap::with_capacity(first_of.len());
+        for (i, item) in items.iter().enumerate() {
+            last_of.insert(item.hash, i);
+        }
+        let mut stored = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            let first = first_of[&item.hash] == i;
+            let last = last_of[&item.hash] == i;
+            let (record, duplicate) = match plans.get(&item.hash) {
+                Some(Plan::New { record, .. }) if !last => (record.clone(), !first),
+                Some(Plan::New { .. }) => match plans.remove(&item.hash) {
+                    Some(Plan::New { record, .. }) => (record, !first),
+                    _ => unreachable!("the plan was just seen"),
+                },
+                Some(Plan::Duplicate(file, _)) => (file.record(), true),
+                None => unreachable!("every hash of the request has a plan"),
+            };
+            if duplicate {
+                self.count_duplicate(record.size);
+            }
+            stored.push(Stored { record, duplicate });
+        }
+        // The leases of duplicates drop with `plans`, after the answer is built.
+        stored
+    }
+
+    /// Deletes the stored file of `hash` (see the module docs); `None` when not stored.
+    pub async fn delete(&self, io: &CoreIo, hash: &Hash) -> Result<Option<FileRecord>, StoreError> {
+        let Some(file) = self.index.begin_delete(hash) else {
+            return Ok(None);
+        };
+        if !self.index.wait_unleased(hash).await {
+            self.index.cancel_delete(hash, file);
+            return Err(StoreError::new(
+                "duplicate uploads of this file did not finish",
+                io::Error::from(io::ErrorKind::TimedOut),
+            ));
+        }
+        let record = file.record();
+        let entry = JournalEntry::Delete {
+            hash: record.hash.clone(),
+            path: record.path.clone(),
+            deleted_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+        };
+        let mut line = Vec::with_capacity(256);
+        encode_line(&entry, &mut line);
+        let token = match self.journal_append_in_flight(&line) {
+            Ok(token) => token,
+            Err(e) => {
+                self.index.cancel_delete(hash, file);
+                return Err(StoreError::new("cannot append to the journal", e));
+            }
+        };
+        // From here the delete stands (the line may be durable): the hash stays claimed
+        // until the file is gone, and only then do waiting uploads go on.
+        let synced = self.make_durable().await;
+        let removed = match synced {
+            Ok(()) => remove_if_present(io, &self.absolute(&record.path)).await,
+            Err(unavailable) => Err(io::Error::from(unavailable)),
+        };
+        self.index.abandon(hash);
+        match removed {
+            Ok(()) => {
+                self.journal.resolve(token);
+                Ok(Some(record))
+            }
+            // The line stays in flight: the next start removes the file.
+            Err(e) => {
+                self.journal.keep_in_flight(token);
+                Err(StoreError::new(
+                    "deleted from the index and the journal, but removing the file failed",
+                    e,
+                ))
+            }
+        }
+    }
+
+    fn journal_append(&self, lines: &[u8]) -> io::Result<()> {
+        super::failpoint::check("journal-append")?;
+        self.journal.append(lines)
+    }
+
+    fn journal_append_in_flight(&self, lines: &[u8]) -> io::Result<InFlight> {
+        super::failpoint::check("journal-append")?;
+        self.journal.append_in_flight(lines)
+    }
+}
+
+/// The `place` intents of the new hashes and the `delete` lines of damaged copies.
+fn intent_lines(
+    new_hashes: &[Hash],
+    plans: &HashMap<Hash, Plan<'_>>,
+    damaged: &[Arc<StoredFile>],
+) -> Vec<u8> {
+    let mut lines = Vec::with_capacity(new_hashes.len() * 160);
+    let now = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+    for file in damaged {
+        let entry = JournalEntry::Delete {
+            hash: file.hash_hex(),
+            path: file.path(),
+            deleted_at: now.clone(),
+        };
+        encode_line(&entry, &mut lines);
+    }
+    for hash in new_hashes {
+        if let Some(Plan::New { record, .. }) = plans.get(hash) {
+            let entry = JournalEntry::Place {
+                hash: record.hash.clone(),
+                path: record.path.clone(),
+            };
+            encode_line(&entry, &mut lines);
+        }
+    }
+    lines
+}
+
+/// Writes `chunks` into a new file at `path` (O_EXCL).
+async fn write_new(io: &CoreIo, path: &Path, chunks: &[Bytes]) -> io::Result<()> {
+    let mut writer = io.create_new(path.to_path_buf());
+    for chunk in chunks {
+        writer.write(chunk).await?;
+    }
+    writer.finish().await.map(|_| ())
+}
+
+/// Removes `path`; a file already gone is fine.
+async fn remove_if_present(io: &CoreIo, path: &Path) -> io::Result<()> {
+    match io.remove_file(path).await {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A longer prefix replaces exactly the 12 hex digits of the leaf.
+    #[test]
+    fn prefixes_lengthen_the_leaf_only() {
+        let hex = "0123456789abcdef".repeat(4);
+        let path = "storage/images/jpg/0123456789ab_cat.jpg";
+        assert_eq!(with_prefix(path, &hex, 12), path);
+        assert_eq!(
+            with_prefix(path, &hex, 16),
+            "storage/images/jpg/0123456789abcdef_cat.jpg"
+        );
+        assert_eq!(
+            with_prefix(path, &hex, 64),
+            format!("storage/images/jpg/{hex}_cat.jpg")
+        );
+    }
+}

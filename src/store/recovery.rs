@@ -1,0 +1,260 @@
+//! Start-up recovery: what the store does before it trusts anything it reads (SPEC §4).
+//!
+//! 1. Sync every file system of the data dir: after a kill -9 the page cache still holds
+//!    writes that never reached the disk; syncing first makes what is read below what a
+//!    later power cut keeps.
+//! 2. Replay the journal into the index. The sync marker (`journal.synced`) says up to
+//!    where the journal was synced: a bad line before that point is damage and refuses
+//!    the start (exit 2, pointing to `rhinobox repair`); from the first bad line after it
+//!    the rest is a torn tail, cut with a warning after its bytes are set aside in
+//!    `metadata/journal-tail-<unix seconds>.torn`.
+//! 3. Empty `storage/.tmp/`.
+//! 4. Re-check what was in flight: the operations logged at or after the marker's
+//!    `resolved_before` (see `store::protocol`), and only those — the cost is bounded by
+//!    the work in flight at the crash, not by the files stored:
+//!    - a `place` intent whose file (under any hash-prefix length) exists without a
+//!      record naming it: a stray from a put that never committed → removed;
+//!    - a `delete` line whose file still exists and no record names: removed;
+//!    - a `put` record whose file is missing or not of the recorded size (durability
+//!      `none` after a power cut: the record reached the disk, the data did not) → the
+//!      record is deleted with a `delete` line and what is left of the file removed.
+//!
+//!    Each removal is one warning line on stderr.
+//! 5. Sync again and record a marker with nothing in flight.
+
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use super::OpenError;
+use super::durability;
+use super::index::{Index, parse_hash};
+use super::journal::{EntryView, Journal, JournalEntry, ReplayError, encode_line};
+use super::protocol::{NAME_PREFIX_HEX_LENGTHS, with_prefix};
+
+/// What start-up found, for the start-up log line.
+#[derive(Debug, Default)]
+pub struct OpenReport {
+    pub records_replayed: usize,
+    pub torn_tail_bytes: u64,
+    pub tmp_files_removed: usize,
+    /// Operations logged after the last marker, re-checked on disk.
+    pub in_flight_checked: usize,
+    pub strays_removed: usize,
+    /// Records whose file was missing or short (deleted from the journal).
+    pub records_lost: usize,
+}
+
+/// Where recovery works.
+pub struct Layout<'a> {
+    pub data_dir: &'a Path,
+    pub tmp_dir: &'a Path,
+    pub journal_path: &'a Path,
+}
+
+/// The opened journal and what recovery did.
+pub struct Recovered {
+    pub journal: Journal,
+    pub report: OpenReport,
+}
+
+/// An operation logged after the marker's `resolved_before`.
+enum Logged {
+    Place { hash: String, path: String },
+    Delete { path: String },
+    Put { hash: String, path: String },
+}
+
+/// Steps 1–5 of the module docs; `index` is filled by the replay.
+pub fn recover(
+    layout: &Layout<'_>,
+    index: &Index,
+    sync_targets: &[File],
+) -> Result<Recovered, OpenError> {
+    durability::sync_all(sync_targets)
+        .map_err(|e| OpenError(format!("cannot sync the data dir before reading it: {e}")))?;
+    let resolved_before = Journal::recorded_point(layout.journal_path)
+        .map(|p| p.resolved_before)
+        .unwrap_or(0);
+    let mut logged: Vec<Logged> = Vec::new();
+    let (journal, replay, _) = Journal::open(layout.journal_path, |offset, entry| {
+        if offset >= resolved_before {
+            logged.push(logged_of(&entry));
+        }
+        apply(index, entry);
+    })
+    .map_err(|e| open_error(layout, e))?;
+    if replay.torn_tail_bytes > 0 {
+        eprintln!(
+            "rhinobox: warning: journal had a torn tail of {} bytes ({} checked-out lines in \
+             it) written after its last sync; cut, and set aside in metadata/journal-tail-*.torn",
+            replay.torn_tail_bytes, replay.torn_tail_valid_lines
+        );
+    }
+    let tmp_files_removed = empty_dir(layout.tmp_dir)
+        .map_err(|e| OpenError(format!("cannot empty {}: {e}", layout.tmp_dir.display())))?;
+    let mut report = OpenReport {
+        records_replayed: replay.records,
+        torn_tail_bytes: replay.torn_tail_bytes,
+        tmp_files_removed,
+        in_flight_checked: logged.len(),
+        ..OpenReport::default()
+    };
+    let repairs = recheck(layout.data_dir, index, &logged, &mut report)
+        .map_err(|e| OpenError(format!("cannot clean up after the last run: {e}")))?;
+    if !repairs.is_empty() {
+        journal
+            .append(&repairs)
+            .and_then(|()| journal.sync())
+            .map_err(|e| OpenError(format!("cannot append to the journal: {e}")))?;
+    }
+    durability::sync_all(sync_targets)
+        .map_err(|e| OpenError(format!("cannot sync the data dir: {e}")))?;
+    let point = journal.sync_point();
+    journal
+        .record_synced(point)
+        .and_then(|()| journal.flush_marker())
+        .map_err(|e| OpenError(format!("cannot write the journal's sync marker: {e}")))?;
+    Ok(Recovered { journal, report })
+}
+
+fn open_error(layout: &Layout<'_>, error: ReplayError) -> OpenError {
+    let hint = match error {
+        ReplayError::Corrupt { .. } | ReplayError::Shorter { .. } => format!(
+            "; `rhinobox repair --data-dir {}` sets damaged lines aside",
+            layout.data_dir.display()
+        ),
+        ReplayError::Io(_) => String::new(),
+    };
+    OpenError(format!("{}: {error}{hint}", layout.journal_path.display()))
+}
+
+fn logged_of(entry: &EntryView<'_>) -> Logged {
+    match entry {
+        EntryView::Put(record) => Logged::Put {
+            hash: record.hash.to_string(),
+            path: record.path.to_string(),
+        },
+        EntryView::Delete { path, .. } => Logged::Delete {
+            path: path.to_string(),
+        },
+        EntryView::Place { hash, path } => Logged::Place {
+            hash: hash.to_string(),
+            path: path.to_string(),
+        },
+    }
+}
+
+fn apply(index: &Index, entry: EntryView<'_>) {
+    match entry {
+        EntryView::Put(record) => {
+            let inserted = parse_hash(&record.hash).and_then(|hash| index.insert(&hash, &record));
+            if inserted.is_none() {
+                eprintln!(
+                    "rhinobox: warning: journal record for {:?} has an unreadable hash or time; skipped",
+                    record.path
+                );
+            }
+        }
+        EntryView::Place { .. } => {}
+        EntryView::Delete { hash, .. } => {
+            if let Some(hash) = parse_hash(&hash) {
+                index.remove(&hash);
+            }
+        }
+    }
+}
+
+/// Step 4: returns the journal lines to append (deletes of lost records).
+fn recheck(
+    data_dir: &Path,
+    index: &Index,
+    logged: &[Logged],
+    report: &mut OpenReport,
+) -> io::Result<Vec<u8>> {
+    let mut lines = Vec::new();
+    for op in logged {
+        match op {
+            Logged::Place { hash, path } => {
+                for len in NAME_PREFIX_HEX_LENGTHS {
+                    if hash.len() < len {
+                        break;
+                    }
+                    let candidate = with_prefix(path, hash, len);
+                    report.strays_removed += remove_stray(data_dir, index, &candidate)?;
+                }
+            }
+            Logged::Delete { path } => {
+                report.strays_removed += remove_stray(data_dir, index, path)?;
+            }
+            Logged::Put { hash, path } => {
+                let Some(file) = parse_hash(hash).and_then(|h| index.get(&h)) else {
+                    continue;
+                };
+                if file.path() != *path {
+                    continue;
+                }
+                let absolute = data_dir.join(path);
+                let intact = std::fs::symlink_metadata(&absolute)
+                    .map(|m| m.file_type().is_file() && m.len() == file.size)
+                    .unwrap_or(false);
+                if intact {
+                    continue;
+                }
+                eprintln!(
+                    "rhinobox: warning: {path} is missing or not of its recorded size \
+                     ({} bytes) after the last run; its record is deleted",
+                    file.size
+                );
+                let entry = JournalEntry::Delete {
+                    hash: hash.clone(),
+                    path: path.clone(),
+                    deleted_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+                        .to_string(),
+                };
+                encode_line(&entry, &mut lines);
+                index.remove(&file.hash);
+                remove_present(&absolute)?;
+                report.records_lost += 1;
+            }
+        }
+    }
+    Ok(lines)
+}
+
+/// Removes `path` when it exists and no record names it; 1 when removed.
+fn remove_stray(data_dir: &Path, index: &Index, path: &str) -> io::Result<usize> {
+    if index.get_by_path(path).is_some() || !path.starts_with("storage/") || path.contains("..") {
+        return Ok(0);
+    }
+    let absolute: PathBuf = data_dir.join(path);
+    if std::fs::symlink_metadata(&absolute).is_err() {
+        return Ok(0);
+    }
+    remove_present(&absolute)?;
+    eprintln!(
+        "rhinobox: warning: removed stray file {path} (placed or deleted when the last run ended)"
+    );
+    Ok(1)
+}
+
+fn remove_present(path: &Path) -> io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
+fn empty_dir(dir: &Path) -> io::Result<usize> {
+    let mut removed = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            std::fs::remove_dir_all(entry.path())?;
+        } else {
+            std::fs::remove_file(entry.path())?;
+        }
+        removed += 1;
+    }
+    Ok(removed)
+}
