@@ -9,7 +9,10 @@
 //!
 //! [`Store::open`] takes the data dir lock, empties `.tmp`, replays the journal into the
 //! index and starts the group-commit thread. Everything here is shared by all cores.
+//! Downloads open stored files beneath [`Store::storage_root`] (`storage/`, opened once)
+//! with [`beneath::open_beneath`], which follows no symbolic link below `storage/`.
 
+pub mod beneath;
 pub mod chronicle;
 pub mod durability;
 pub mod index;
@@ -20,6 +23,7 @@ pub mod stored;
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use dashmap::DashSet;
@@ -47,6 +51,10 @@ pub struct Store {
     pub durability: Durability,
     pub group_commit: GroupCommit,
     pub counters: Counters,
+    /// `storage/` opened once as a directory: stored files are opened beneath it. It is
+    /// `storage/` and not the data dir so that an operator may make `storage` itself a
+    /// link to another disk; links below it are refused ([`beneath`]).
+    storage_root: Arc<File>,
     /// Directories known to exist under storage/ (saves a mkdir per file).
     known_dirs: DashSet<PathBuf>,
     /// Held for the life of the process: one daemon per data dir.
@@ -84,6 +92,7 @@ impl Store {
             })?;
         }
         let lock = lock_data_dir(data_dir)?;
+        let storage_root = open_directory(&storage_dir)?;
         let tmp_files_removed = empty_dir(&tmp_dir)
             .map_err(|e| OpenError(format!("cannot empty {}: {e}", tmp_dir.display())))?;
         let index = Index::new();
@@ -102,6 +111,7 @@ impl Store {
             durability,
             group_commit,
             counters: Counters::default(),
+            storage_root: Arc::new(storage_root),
             known_dirs: DashSet::new(),
             _lock: lock,
         };
@@ -116,6 +126,12 @@ impl Store {
     /// Absolute path of a record path (`storage/...`, relative to the data dir).
     pub fn absolute(&self, relative: &str) -> PathBuf {
         self.data_dir.join(relative)
+    }
+
+    /// `storage/`, open as a directory: the root for [`beneath::open_beneath`] of the
+    /// part of a record path after `storage/`. Shared, so a blocking pool can hold it.
+    pub fn storage_root(&self) -> &Arc<File> {
+        &self.storage_root
     }
 
     /// True when `dir` was already created by this process.
@@ -202,6 +218,15 @@ fn lock_data_dir(data_dir: &Path) -> Result<File, OpenError> {
         )));
     }
     Ok(file)
+}
+
+fn open_directory(dir: &Path) -> Result<File, OpenError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+        .open(dir)
+        .map_err(|e| OpenError(format!("cannot open {}: {e}", dir.display())))
 }
 
 fn empty_dir(dir: &Path) -> std::io::Result<usize> {
