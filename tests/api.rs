@@ -390,6 +390,73 @@ fn symlinks_planted_in_the_tree_are_not_followed() {
     assert!(!by_hash.text().contains("TOP SECRET"), "{}", by_hash.text());
 }
 
+/// Bytes of `len` that no upload of these tests holds: what a planted link points to.
+fn decoy_bytes(len: usize) -> Vec<u8> {
+    b"DECOY-".iter().cycle().take(len).copied().collect()
+}
+
+/// A stored file reached through a planted link is never served: by hash (both endpoints)
+/// 404 with a message naming the link and a warning on stderr, by path 400.
+fn assert_link_not_followed(daemon: &Daemon, entry: &Value, decoy: &[u8]) {
+    for endpoint in ["download", "stream"] {
+        let response = daemon.get(&format!("/files/{endpoint}?hash={}", hash_of(entry)));
+        assert!(
+            response.body != decoy,
+            "{endpoint} by hash served the bytes behind the link"
+        );
+        assert_json_error(&response, 404, Some("symbolic link"));
+    }
+    let by_path = daemon.get(&format!("/files/download?path={}", path_of(entry)));
+    assert_json_error(&by_path, 400, Some("symbolic link"));
+    let warning = daemon.wait_for_line(Duration::from_secs(5), |line| {
+        line.starts_with("stderr: ") && line.contains("symbolic link")
+    });
+    assert!(
+        warning.is_some(),
+        "no warning on stderr:\n{}",
+        daemon.log_text()
+    );
+}
+
+/// Issue 8, `?hash=` through a planted directory link: the category directory of a stored
+/// file is replaced by a symbolic link to a directory outside the data dir that holds a
+/// file of the same name and size but other bytes. A download by hash must not serve them.
+#[test]
+fn hash_download_does_not_follow_a_symlinked_category_directory() {
+    let daemon = Daemon::start();
+    let file = TestFile::new(MediaKind::Png, 3000, 31);
+    let entry = upload_one(&daemon, &file, Some("vacation"));
+    let on_disk = daemon.disk_path(&path_of(&entry));
+    let category_dir = on_disk.parent().unwrap();
+    assert!(
+        category_dir.ends_with("storage/images/png/vacation"),
+        "{on_disk:?}"
+    );
+    let outside = tempfile::tempdir().unwrap();
+    let decoy = decoy_bytes(file.bytes.len());
+    std::fs::write(outside.path().join(on_disk.file_name().unwrap()), &decoy).unwrap();
+    std::fs::remove_dir_all(category_dir).unwrap();
+    std::os::unix::fs::symlink(outside.path(), category_dir).unwrap();
+    assert_link_not_followed(&daemon, &entry, &decoy);
+}
+
+/// Issue 8, the stored file itself replaced by a symbolic link to a file of the same size
+/// outside the data dir: never served by hash (404) or by path (400).
+#[test]
+fn hash_download_does_not_follow_a_stored_file_replaced_by_a_symlink() {
+    let daemon = Daemon::start();
+    let file = TestFile::new(MediaKind::Png, 3000, 32);
+    let entry = upload_one(&daemon, &file, None);
+    let on_disk = daemon.disk_path(&path_of(&entry));
+    let outside = tempfile::tempdir().unwrap();
+    let decoy = decoy_bytes(file.bytes.len());
+    let target = outside.path().join("decoy.png");
+    std::fs::write(&target, &decoy).unwrap();
+    std::fs::remove_file(&on_disk).unwrap();
+    std::os::unix::fs::symlink(&target, &on_disk).unwrap();
+    assert_link_not_followed(&daemon, &entry, &decoy);
+}
+
 /// Missing, doubled or malformed parameters are 400; an unknown hash is 404.
 #[test]
 fn download_parameter_errors() {

@@ -11,13 +11,19 @@
 //!   three chunks, whatever its size.
 //! - The file is opened once per response, so a delete that unlinks it mid-download does
 //!   not cut the response short (the inode lives until the descriptor is closed).
+//! - Every stored file, named by `hash=` or `path=`, is opened beneath `storage/` with
+//!   [`open_beneath`]: a symbolic link anywhere below `storage/` (a directory or the file
+//!   itself) is never followed, and the kernel checks this in the open itself, so no link
+//!   swapped in between a check and the open slips through.
 //! - `path=` is checked before the disk is touched (after percent-decoding it must start
-//!   with `storage/` and hold no empty, `.` or `..` segment and no NUL → 400), then walked
-//!   one component at a time with `lstat`: a symbolic link anywhere below `storage/` is
-//!   refused (400), a missing component is 404, and a path that exists but is not in the
-//!   index is 404. The file is opened with `O_NOFOLLOW`. What remains is a race with a
-//!   local user who can already write into the storage tree and swaps a directory for a
-//!   link between the walk and the open; such a user owns the data anyway.
+//!   with `storage/` and hold no empty, `.` or `..` segment and no NUL → 400), then opened:
+//!   a link on the way is the client's bad path (400), a missing file or one that is not
+//!   a regular file is 404, and so is a path that opens but is not in the index.
+//! - `hash=` names a record. The daemon never makes a link, so one on the record's path
+//!   was planted and what it points to is not the stored file: the answer is 404 with a
+//!   message naming the link (the stored file cannot be served, and no other bytes ever
+//!   are), plus a warning line on stderr for the operator. Not 400: the request is fine;
+//!   not 500: no daemon operation failed, and a client can do nothing about it either way.
 //! - Range handling follows RFC 9110 §14 for a single range: `bytes=a-b`, `a-` and `-n`.
 //!   A header with several ranges, another unit or bad syntax is ignored (200, the whole
 //!   file), as §14.2 allows; a syntactically valid range that starts at or beyond the end
@@ -27,12 +33,14 @@
 //! - Preconditions per RFC 9110 §13.2.2: `If-None-Match` (weak comparison, `*`), and only
 //!   when it is absent `If-Modified-Since`; a match is 304 with the validators, no body.
 
+use std::fs::Metadata;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -45,6 +53,7 @@ use tokio::sync::mpsc;
 use crate::api::errors::{ApiError, Body, full_body};
 use crate::api::query::query_param;
 use crate::ingest::IngestContext;
+use crate::store::beneath::{is_link_refused, open_beneath};
 use crate::store::index::{StoredFile, parse_hash};
 use crate::store::io::{BlockingPool, CoreIo};
 
@@ -75,12 +84,8 @@ pub async fn serve_file(
     request: &Request<Incoming>,
     endpoint: FileEndpoint,
 ) -> Result<Response<Body>, ApiError> {
-    let file = select_file(ctx, request).await?;
+    let (file, opened) = select_and_open(ctx, request).await?;
     let record = file.record();
-    let absolute = ctx.store.absolute(&record.path);
-    let opened = OpenFile::open(&ctx.io, &absolute)
-        .await
-        .map_err(|e| open_error(&e))?;
     if opened.size_bytes != record.size {
         return Err(ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -163,20 +168,35 @@ pub async fn serve_file(
     Ok(builder.body(body).expect("valid headers"))
 }
 
-/// The stored file named by `?hash=` or `?path=` (exactly one of them).
-async fn select_file(
+/// The stored file named by `?hash=` or `?path=` (exactly one of them), opened.
+async fn select_and_open(
     ctx: &IngestContext,
     request: &Request<Incoming>,
-) -> Result<Arc<StoredFile>, ApiError> {
+) -> Result<(Arc<StoredFile>, OpenFile), ApiError> {
     match (query_param(request, "hash"), query_param(request, "path")) {
-        (Some(hash), None) => lookup_hash(ctx, &hash),
+        (Some(hash), None) => {
+            let file = lookup_hash(ctx, &hash)?;
+            let path = &file.record().path;
+            // Record paths all start with `storage/`; one that does not is not on disk.
+            let relative = path.strip_prefix("storage/").unwrap_or("");
+            let opened = OpenFile::open(ctx, Path::new(relative))
+                .await
+                .map_err(|e| hash_open_error(path, &e))?;
+            Ok((file, opened))
+        }
         (None, Some(path)) => {
-            let segments = check_path(&path)?;
-            walk_without_links(&ctx.io, &ctx.store.storage_dir, &segments).await?;
-            ctx.store
+            // The open comes first: a link on the way is a 400 even for a path that is not
+            // stored, as before.
+            let relative = check_path(&path)?;
+            let opened = OpenFile::open(ctx, relative)
+                .await
+                .map_err(|e| path_open_error(&e))?;
+            let file = ctx
+                .store
                 .index
                 .get_by_path(&path)
-                .ok_or_else(|| ApiError::not_found(format!("no stored file at {path}")))
+                .ok_or_else(|| ApiError::not_found(format!("no stored file at {path}")))?;
+            Ok((file, opened))
         }
         (Some(_), Some(_)) => Err(ApiError::bad_request("give either hash or path, not both")),
         (None, None) => Err(ApiError::bad_request(
@@ -196,9 +216,9 @@ pub fn lookup_hash(ctx: &IngestContext, hex: &str) -> Result<Arc<StoredFile>, Ap
         .ok_or_else(|| ApiError::not_found(format!("no stored file with hash {hex}")))
 }
 
-/// Checks a `path=` value (already percent-decoded); returns its segments below
-/// `storage/`. Pure: nothing on disk is touched.
-pub fn check_path(path: &str) -> Result<Vec<&str>, ApiError> {
+/// Checks a `path=` value (already percent-decoded); returns the part below `storage/`.
+/// Pure: nothing on disk is touched.
+pub fn check_path(path: &str) -> Result<&Path, ApiError> {
     let bad = |why: &str| ApiError::bad_request(format!("invalid path {path:?}: {why}"));
     if path.starts_with('/') {
         return Err(bad("absolute paths are not allowed"));
@@ -206,91 +226,20 @@ pub fn check_path(path: &str) -> Result<Vec<&str>, ApiError> {
     if path.contains('\0') || path.contains('\\') {
         return Err(bad("NUL and backslash are not allowed"));
     }
-    let mut segments = path.split('/');
-    if segments.next() != Some("storage") {
+    let rest = match path.strip_prefix("storage") {
+        Some("") | Some("/") => return Err(bad("names no file")),
+        Some(rest) => rest.strip_prefix('/'),
+        None => None,
+    };
+    let Some(rest) = rest else {
         return Err(bad("must start with storage/"));
-    }
-    let rest: Vec<&str> = segments.collect();
-    if rest.is_empty() {
-        return Err(bad("names no file"));
-    }
-    for segment in &rest {
-        if segment.is_empty() || *segment == "." || *segment == ".." {
+    };
+    for segment in rest.split('/') {
+        if segment.is_empty() || segment == "." || segment == ".." {
             return Err(bad("empty, '.' and '..' segments are not allowed"));
         }
     }
-    Ok(rest)
-}
-
-/// What an `lstat` of one path component found.
-enum Component {
-    Directory,
-    Regular,
-    Link,
-    Other,
-    Missing,
-}
-
-/// Walks `storage/<segments...>` with `lstat`: a link anywhere is 400, a missing component
-/// 404, a last component that is not a regular file 404.
-async fn walk_without_links(
-    io: &CoreIo,
-    storage_dir: &Path,
-    segments: &[&str],
-) -> Result<(), ApiError> {
-    let mut current = storage_dir.to_path_buf();
-    for (i, segment) in segments.iter().enumerate() {
-        current.push(segment);
-        let last = i + 1 == segments.len();
-        let component = lstat(io, &current)
-            .await
-            .map_err(|e| ApiError::storage("cannot inspect path", &e))?;
-        match component {
-            Component::Link => {
-                return Err(ApiError::bad_request(
-                    "invalid path: symbolic links are not followed out of the storage tree",
-                ));
-            }
-            Component::Missing => return Err(ApiError::not_found("no stored file at this path")),
-            Component::Directory if !last => {}
-            Component::Regular if last => {}
-            _ => return Err(ApiError::not_found("no stored file at this path")),
-        }
-    }
-    Ok(())
-}
-
-/// `lstat` through the core's engine: an io_uring statx, or a call on the blocking pool.
-async fn lstat(io: &CoreIo, path: &Path) -> io::Result<Component> {
-    let mode = match io {
-        CoreIo::Uring(_) => {
-            let result = tokio_uring::fs::StatxBuilder::new()
-                .pathname(path)?
-                .flags(libc::AT_SYMLINK_NOFOLLOW)
-                .mask(libc::STATX_TYPE)
-                .statx()
-                .await;
-            result.map(|stat| u32::from(stat.stx_mode) & libc::S_IFMT)
-        }
-        CoreIo::Threads(threads) => {
-            let path = path.to_path_buf();
-            threads
-                .pool
-                .run(move || {
-                    use std::os::unix::fs::MetadataExt;
-                    std::fs::symlink_metadata(path).map(|m| m.mode() & libc::S_IFMT)
-                })
-                .await
-        }
-    };
-    match mode {
-        Ok(libc::S_IFDIR) => Ok(Component::Directory),
-        Ok(libc::S_IFREG) => Ok(Component::Regular),
-        Ok(libc::S_IFLNK) => Ok(Component::Link),
-        Ok(_) => Ok(Component::Other),
-        Err(e) if is_missing(&e) => Ok(Component::Missing),
-        Err(e) => Err(e),
-    }
+    Ok(Path::new(rest))
 }
 
 fn is_missing(error: &io::Error) -> bool {
@@ -300,11 +249,34 @@ fn is_missing(error: &io::Error) -> bool {
     )
 }
 
-fn open_error(error: &io::Error) -> ApiError {
-    match error.raw_os_error() {
-        Some(libc::ELOOP) => ApiError::bad_request("stored path is a symbolic link; refused"),
-        _ if is_missing(error) => ApiError::not_found("stored file is missing on disk"),
-        _ => ApiError::storage("cannot open stored file", error),
+/// A `path=` open that failed: a link on the way is the client's bad path.
+fn path_open_error(error: &io::Error) -> ApiError {
+    if is_link_refused(error) {
+        ApiError::bad_request(
+            "invalid path: symbolic links are not followed out of the storage tree",
+        )
+    } else if is_missing(error) {
+        ApiError::not_found("no stored file at this path")
+    } else {
+        ApiError::storage("cannot open stored file", error)
+    }
+}
+
+/// A `hash=` open that failed: a link on the way is 404 and a warning (module docs).
+fn hash_open_error(path: &str, error: &io::Error) -> ApiError {
+    if is_link_refused(error) {
+        eprintln!(
+            "rhinobox: warning: {path} is reached through a symbolic link below storage/; \
+             not followed, the download is answered 404"
+        );
+        ApiError::not_found(format!(
+            "stored file {path} cannot be served: its path goes through a symbolic link, \
+             which is not followed"
+        ))
+    } else if is_missing(error) {
+        ApiError::not_found("stored file is missing on disk")
+    } else {
+        ApiError::storage("cannot open stored file", error)
     }
 }
 
@@ -324,61 +296,54 @@ struct OpenFile {
 }
 
 impl OpenFile {
-    /// Opens read-only with `O_NOFOLLOW`; a non-regular file is refused as missing.
-    async fn open(io: &CoreIo, path: &Path) -> io::Result<OpenFile> {
-        let flags = libc::O_NOFOLLOW | libc::O_CLOEXEC;
-        let (reader, mode, size_bytes, modified) = match io {
-            CoreIo::Uring(_) => {
-                use std::os::unix::fs::OpenOptionsExt;
-                use tokio_uring::fs::OpenOptions;
-                let file = OpenOptions::new()
-                    .read(true)
-                    .custom_flags(flags)
-                    .open(path)
-                    .await?;
-                let stat = file.statx().await?;
-                let modified = UNIX_EPOCH
-                    + Duration::new(stat.stx_mtime.tv_sec.max(0) as u64, stat.stx_mtime.tv_nsec);
-                let mode = u32::from(stat.stx_mode) & libc::S_IFMT;
-                (FileReader::Uring(file), mode, stat.stx_size, modified)
-            }
+    /// Opens `relative` (below `storage/`) read-only beneath the store's root; a link on
+    /// the way is refused ([`is_link_refused`]), a non-regular file is refused as missing.
+    async fn open(ctx: &IngestContext, relative: &Path) -> io::Result<OpenFile> {
+        let root = ctx.store.storage_root();
+        let (file, metadata) = match &ctx.io {
+            // A blocking open on the core thread: tokio-uring has no openat2 with resolve
+            // rules, and opening a local file is short, as creating one is (store::io does
+            // that on the core thread too); a FIFO cannot make it wait (`open_regular`).
+            CoreIo::Uring(_) => open_regular(root, relative)?,
             CoreIo::Threads(threads) => {
-                let path = path.to_path_buf();
-                let (file, metadata) = threads
+                let (root, relative) = (root.clone(), relative.to_path_buf());
+                threads
                     .pool
-                    .run(move || {
-                        use std::os::unix::fs::OpenOptionsExt;
-                        let file = std::fs::OpenOptions::new()
-                            .read(true)
-                            .custom_flags(flags)
-                            .open(path)?;
-                        let metadata = file.metadata()?;
-                        Ok((file, metadata))
-                    })
-                    .await?;
-                use std::os::unix::fs::MetadataExt;
-                let modified = metadata.modified().unwrap_or(UNIX_EPOCH);
-                let reader = FileReader::Threads {
-                    file: Arc::new(file),
-                    pool: threads.pool.clone(),
-                };
-                (
-                    reader,
-                    metadata.mode() & libc::S_IFMT,
-                    metadata.len(),
-                    modified,
-                )
+                    .run(move || open_regular(&root, &relative))
+                    .await?
             }
         };
-        if mode != libc::S_IFREG {
-            return Err(io::Error::from_raw_os_error(libc::ENOENT));
-        }
+        let reader = match &ctx.io {
+            CoreIo::Uring(_) => FileReader::Uring(tokio_uring::fs::File::from_std(file)),
+            CoreIo::Threads(threads) => FileReader::Threads {
+                file: Arc::new(file),
+                pool: threads.pool.clone(),
+            },
+        };
         Ok(OpenFile {
             reader,
-            size_bytes,
-            modified,
+            size_bytes: metadata.len(),
+            modified: metadata.modified().unwrap_or(UNIX_EPOCH),
         })
     }
+}
+
+/// Opens a stored file read-only beneath `root` and checks that it is a regular file.
+/// Blocking. `O_NONBLOCK` keeps the open of a FIFO planted in the tree from waiting for a
+/// writer (on the core thread that would freeze the core); it is cleared again once the
+/// file is known to be regular, so reads behave as they always do.
+fn open_regular(root: &std::fs::File, relative: &Path) -> io::Result<(std::fs::File, Metadata)> {
+    let file = open_beneath(root, relative, libc::O_RDONLY | libc::O_NONBLOCK)?;
+    let metadata = file.metadata()?;
+    if !metadata.file_type().is_file() {
+        return Err(io::Error::from_raw_os_error(libc::ENOENT));
+    }
+    // F_SETFL replaces the status flags: 0 clears O_NONBLOCK, the only one we set.
+    // SAFETY: fcntl on a descriptor we own; F_SETFL reads no memory of ours.
+    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, 0) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((file, metadata))
 }
 
 impl FileReader {
@@ -725,6 +690,7 @@ pub fn content_disposition(kind: &str, name: &str, fallback: &str) -> HeaderValu
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     /// Every form of a single range, clamped or refused per RFC 9110 §14.1.2.
     #[test]

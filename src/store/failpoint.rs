@@ -2,7 +2,8 @@
 //!
 //! `RHINOBOX_FAILPOINTS=name=ERRNO[@N],...` makes [`check`] return that errno at the
 //! N-th call of the named point and every call after it (N defaults to 1). Errno names:
-//! `EIO`, `ENOSPC`, `EDQUOT`, `EROFS`. Points: `sync` (the group commit's syncfs),
+//! `EIO`, `ENOSPC`, `EDQUOT`, `EROFS`; `KILL` instead sends the process SIGKILL right
+//! there (a crash at an exact step of a protocol). Points: `sync` (the group commit's syncfs),
 //! `write` (a file's data), `rename` (a file into its final name), `journal-append`,
 //! `unlink` (a deleted or rolled-back file). Without the feature [`check`] is an empty
 //! inline function: release builds carry no trace of this.
@@ -20,6 +21,9 @@ mod armed {
         pub from_call: u64,
         pub calls: AtomicU64,
     }
+
+    /// Not an errno: the point kills the process.
+    pub const KILL: i32 = -9;
 
     pub fn points() -> &'static HashMap<String, Point> {
         static POINTS: OnceLock<HashMap<String, Point>> = OnceLock::new();
@@ -45,6 +49,7 @@ mod armed {
             "ENOSPC" => libc::ENOSPC,
             "EDQUOT" => libc::EDQUOT,
             "EROFS" => libc::EROFS,
+            "KILL" => KILL,
             other => panic!("RHINOBOX_FAILPOINTS: unknown errno {other}"),
         };
         let point = Point {
@@ -66,6 +71,13 @@ mod armed {
 #[cfg(feature = "failpoints")]
 pub fn check(name: &str) -> io::Result<()> {
     match armed::hit(name) {
+        Some(armed::KILL) => {
+            // SAFETY: kill(2) on our own pid touches no memory; SIGKILL cannot be caught.
+            unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+            loop {
+                std::thread::park();
+            }
+        }
         Some(errno) => Err(io::Error::from_raw_os_error(errno)),
         None => Ok(()),
     }

@@ -9,7 +9,10 @@
 //!
 //! [`Store::open`] takes the data dir lock, empties `.tmp`, replays the journal into the
 //! index and starts the group-commit thread. Everything here is shared by all cores.
+//! Downloads open stored files beneath [`Store::storage_root`] (`storage/`, opened once)
+//! with [`beneath::open_beneath`], which follows no symbolic link below `storage/`.
 
+pub mod beneath;
 pub mod chronicle;
 pub mod durability;
 pub mod failpoint;
@@ -57,6 +60,10 @@ pub struct Store {
     /// One directory per distinct file system of the data dir (synced at shutdown).
     sync_targets: Vec<File>,
     pub counters: Counters,
+    /// `storage/` opened once as a directory: stored files are opened beneath it. It is
+    /// `storage/` and not the data dir so that an operator may make `storage` itself a
+    /// link to another disk; links below it are refused ([`beneath`]).
+    pub(crate) storage_root: Arc<File>,
     /// Directories known to exist under storage/ (saves a mkdir per file).
     known_dirs: DashSet<PathBuf>,
     tmp_sequence: AtomicU64,
@@ -90,6 +97,7 @@ impl Store {
             })?;
         }
         let lock = lock_data_dir(data_dir)?;
+        let storage_root = open_directory(&storage_dir)?;
         let sync_targets =
             durability::distinct_file_systems(&[data_dir, &storage_dir, &tmp_dir, &metadata_dir])
                 .map_err(|e| OpenError(format!("cannot open the data dir to sync it: {e}")))?;
@@ -97,6 +105,7 @@ impl Store {
         let recovered = recovery::recover(
             &recovery::Layout {
                 data_dir,
+                storage_root: &storage_root,
                 tmp_dir: &tmp_dir,
                 journal_path: &metadata_dir.join("journal.ndjson"),
             },
@@ -120,6 +129,7 @@ impl Store {
             group_commit,
             sync_targets,
             counters: Counters::default(),
+            storage_root: Arc::new(storage_root),
             known_dirs: DashSet::new(),
             tmp_sequence: AtomicU64::new(0),
             _lock: lock,
@@ -136,6 +146,12 @@ impl Store {
     pub fn next_tmp_path(&self) -> PathBuf {
         let n = self.tmp_sequence.fetch_add(1, Ordering::Relaxed);
         self.tmp_dir.join(format!("{n}.part"))
+    }
+
+    /// `storage/`, open as a directory: the root for [`beneath::open_beneath`] of the
+    /// part of a record path after `storage/`. Shared, so a blocking pool can hold it.
+    pub fn storage_root(&self) -> &Arc<File> {
+        &self.storage_root
     }
 
     /// True when `dir` was already created by this process.
@@ -213,4 +229,12 @@ fn lock_data_dir(data_dir: &Path) -> Result<File, OpenError> {
         )));
     }
     Ok(file)
+}
+fn open_directory(dir: &Path) -> Result<File, OpenError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+        .open(dir)
+        .map_err(|e| OpenError(format!("cannot open {}: {e}", dir.display())))
 }

@@ -230,7 +230,7 @@ impl Store {
             self.make_durable().await?;
         }
         for file in &damaged {
-            remove_if_present(io, &self.absolute(&file.path()))
+            self.remove_stored(io, &file.path())
                 .await
                 .map_err(|e| StoreError::new("cannot remove a damaged stored copy", e))?;
         }
@@ -308,7 +308,7 @@ impl Store {
     /// One `lstat` (the inode is cached for recently stored files); a blocking call on the
     /// core, as for renames.
     fn copy_intact(&self, file: &StoredFile) -> bool {
-        match std::fs::symlink_metadata(self.absolute(&file.path())) {
+        match super::beneath::metadata_beneath(&self.storage_root, &below_storage(&file.path())) {
             Ok(meta) => meta.file_type().is_file() && meta.len() == file.size,
             Err(_) => false,
         }
@@ -536,7 +536,7 @@ impl Store {
         // until the file is gone, and only then do waiting uploads go on.
         let synced = self.make_durable().await;
         let removed = match synced {
-            Ok(()) => remove_if_present(io, &self.absolute(&record.path)).await,
+            Ok(()) => self.remove_stored(io, &record.path).await,
             Err(unavailable) => Err(io::Error::from(unavailable)),
         };
         self.index.abandon(hash);
@@ -553,6 +553,28 @@ impl Store {
                     e,
                 ))
             }
+        }
+    }
+
+    /// Removes the stored file at record path `path` without following a link on the way;
+    /// a file already gone is fine.
+    async fn remove_stored(&self, io: &CoreIo, path: &str) -> io::Result<()> {
+        super::failpoint::check("unlink")?;
+        let relative = below_storage(path);
+        let root = self.storage_root.clone();
+        let result = match io {
+            // A direct syscall on the core, as for renames (see `store::io`).
+            CoreIo::Uring(_) => super::beneath::remove_beneath(&root, &relative),
+            CoreIo::Threads(threads) => {
+                threads
+                    .pool
+                    .run(move || super::beneath::remove_beneath(&root, &relative))
+                    .await
+            }
+        };
+        match result {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            other => other,
         }
     }
 
@@ -602,6 +624,11 @@ async fn write_new(io: &CoreIo, path: &Path, chunks: &[Bytes]) -> io::Result<()>
         writer.write(chunk).await?;
     }
     writer.finish().await.map(|_| ())
+}
+
+/// The part of a record path after `storage/` (record paths always start with it).
+pub fn below_storage(path: &str) -> PathBuf {
+    PathBuf::from(path.strip_prefix("storage/").unwrap_or(path))
 }
 
 /// Removes `path`; a file already gone is fine.

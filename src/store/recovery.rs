@@ -24,17 +24,19 @@
 
 use std::fs::File;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use super::OpenError;
+use super::beneath;
 use super::durability;
 use super::index::{Index, parse_hash};
 use super::journal::{EntryView, Journal, JournalEntry, ReplayError, encode_line};
-use super::protocol::{NAME_PREFIX_HEX_LENGTHS, with_prefix};
+use super::protocol::{NAME_PREFIX_HEX_LENGTHS, below_storage, with_prefix};
 
 /// What start-up found, for the start-up log line.
 #[derive(Debug, Default)]
 pub struct OpenReport {
+    /// `put` and `delete` records replayed (intents not counted).
     pub records_replayed: usize,
     pub torn_tail_bytes: u64,
     pub tmp_files_removed: usize,
@@ -48,6 +50,8 @@ pub struct OpenReport {
 /// Where recovery works.
 pub struct Layout<'a> {
     pub data_dir: &'a Path,
+    /// `storage/`, open: stored files are reached beneath it without following links.
+    pub storage_root: &'a File,
     pub tmp_dir: &'a Path,
     pub journal_path: &'a Path,
 }
@@ -77,7 +81,9 @@ pub fn recover(
         .map(|p| p.resolved_before)
         .unwrap_or(0);
     let mut logged: Vec<Logged> = Vec::new();
+    let mut records = 0usize;
     let (journal, replay, _) = Journal::open(layout.journal_path, |offset, entry| {
+        records += usize::from(!matches!(entry, EntryView::Place { .. }));
         if offset >= resolved_before {
             logged.push(logged_of(&entry));
         }
@@ -94,13 +100,13 @@ pub fn recover(
     let tmp_files_removed = empty_dir(layout.tmp_dir)
         .map_err(|e| OpenError(format!("cannot empty {}: {e}", layout.tmp_dir.display())))?;
     let mut report = OpenReport {
-        records_replayed: replay.records,
+        records_replayed: records,
         torn_tail_bytes: replay.torn_tail_bytes,
         tmp_files_removed,
         in_flight_checked: logged.len(),
         ..OpenReport::default()
     };
-    let repairs = recheck(layout.data_dir, index, &logged, &mut report)
+    let repairs = recheck(layout.storage_root, index, &logged, &mut report)
         .map_err(|e| OpenError(format!("cannot clean up after the last run: {e}")))?;
     if !repairs.is_empty() {
         journal
@@ -167,7 +173,7 @@ fn apply(index: &Index, entry: EntryView<'_>) {
 
 /// Step 4: returns the journal lines to append (deletes of lost records).
 fn recheck(
-    data_dir: &Path,
+    root: &File,
     index: &Index,
     logged: &[Logged],
     report: &mut OpenReport,
@@ -181,11 +187,11 @@ fn recheck(
                         break;
                     }
                     let candidate = with_prefix(path, hash, len);
-                    report.strays_removed += remove_stray(data_dir, index, &candidate)?;
+                    report.strays_removed += remove_stray(root, index, &candidate)?;
                 }
             }
             Logged::Delete { path } => {
-                report.strays_removed += remove_stray(data_dir, index, path)?;
+                report.strays_removed += remove_stray(root, index, path)?;
             }
             Logged::Put { hash, path } => {
                 let Some(file) = parse_hash(hash).and_then(|h| index.get(&h)) else {
@@ -194,8 +200,8 @@ fn recheck(
                 if file.path() != *path {
                     continue;
                 }
-                let absolute = data_dir.join(path);
-                let intact = std::fs::symlink_metadata(&absolute)
+                let relative = below_storage(path);
+                let intact = beneath::metadata_beneath(root, &relative)
                     .map(|m| m.file_type().is_file() && m.len() == file.size)
                     .unwrap_or(false);
                 if intact {
@@ -214,7 +220,7 @@ fn recheck(
                 };
                 encode_line(&entry, &mut lines);
                 index.remove(&file.hash);
-                remove_present(&absolute)?;
+                remove_present(root, &relative)?;
                 report.records_lost += 1;
             }
         }
@@ -223,23 +229,23 @@ fn recheck(
 }
 
 /// Removes `path` when it exists and no record names it; 1 when removed.
-fn remove_stray(data_dir: &Path, index: &Index, path: &str) -> io::Result<usize> {
-    if index.get_by_path(path).is_some() || !path.starts_with("storage/") || path.contains("..") {
+fn remove_stray(root: &File, index: &Index, path: &str) -> io::Result<usize> {
+    if index.get_by_path(path).is_some() || !path.starts_with("storage/") {
         return Ok(0);
     }
-    let absolute: PathBuf = data_dir.join(path);
-    if std::fs::symlink_metadata(&absolute).is_err() {
+    let relative = below_storage(path);
+    if beneath::metadata_beneath(root, &relative).is_err() {
         return Ok(0);
     }
-    remove_present(&absolute)?;
+    remove_present(root, &relative)?;
     eprintln!(
         "rhinobox: warning: removed stray file {path} (placed or deleted when the last run ended)"
     );
     Ok(1)
 }
 
-fn remove_present(path: &Path) -> io::Result<()> {
-    match std::fs::remove_file(path) {
+fn remove_present(root: &File, relative: &Path) -> io::Result<()> {
+    match beneath::remove_beneath(root, relative) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         other => other,
     }
