@@ -84,6 +84,19 @@ impl Chronicle {
         }
     }
 
+    /// Calls `visit` with every file, oldest first (journal compaction).
+    pub fn oldest_first(&self, mut visit: impl FnMut(&Arc<StoredFile>)) {
+        let segments: Vec<_> = self
+            .segments
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        for segment in &segments {
+            let segment = segment.read().unwrap_or_else(|p| p.into_inner());
+            segment.slots.iter().flatten().for_each(&mut visit);
+        }
+    }
+
     /// Calls `visit` with every file, newest first, until it returns `false`. Segments
     /// with fewer files than `skip` are passed over whole; `skip` files are not visited.
     pub fn newest_first(&self, mut skip: usize, mut visit: impl FnMut(&Arc<StoredFile>) -> bool) {

@@ -271,6 +271,12 @@ impl Index {
         self.link(hash, &file);
     }
 
+    /// Every stored file in journal order, oldest first (journal compaction). Takes one
+    /// segment lock at a time, like the listings.
+    pub fn for_each_oldest_first(&self, visit: impl FnMut(&Arc<StoredFile>)) {
+        self.newest.oldest_first(visit);
+    }
+
     /// Looks a stored file up by its record path (`storage/...`).
     pub fn get_by_path(&self, path: &str) -> Option<Arc<StoredFile>> {
         let key = self.path_key(&[path]);

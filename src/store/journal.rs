@@ -530,6 +530,35 @@ impl Journal {
         Ok((journal, replay, recorded))
     }
 
+    /// Takes over a journal file that was just written whole and synced (compaction):
+    /// nothing to replay, nothing in flight, and a marker saying all of it is synced.
+    pub fn adopt(path: &Path) -> io::Result<Journal> {
+        let file = OpenOptions::new().read(true).append(true).open(path)?;
+        let len = file.metadata()?.len();
+        let (marker, _) = SyncMarker::open(&path.with_extension("synced"))?;
+        let point = SyncPoint {
+            synced_len: len,
+            resolved_before: len,
+        };
+        marker.write(point)?;
+        marker.file.sync_data()?;
+        Ok(Journal {
+            state: Mutex::new(JournalState {
+                file,
+                len,
+                in_flight: BTreeMap::new(),
+            }),
+            marker,
+        })
+    }
+
+    /// Empties the sync marker durably: the journal is about to be replaced, and its
+    /// offsets would not apply to the new one (no marker means the marker-less tail rule).
+    pub fn forget_marker(&self) -> io::Result<()> {
+        self.marker.file.set_len(0)?;
+        self.marker.file.sync_all()
+    }
+
     /// The sync point recorded beside the journal at `path`, read-only; `None` when there
     /// is no readable marker.
     pub fn recorded_point(path: &Path) -> Option<SyncPoint> {

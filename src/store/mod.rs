@@ -14,6 +14,7 @@
 
 pub mod beneath;
 pub mod chronicle;
+pub mod compaction;
 pub mod durability;
 pub mod failpoint;
 pub mod index;

@@ -21,6 +21,7 @@
 //!
 //!    Each removal is one warning line on stderr.
 //! 5. Sync again and record a marker with nothing in flight.
+//! 6. Compact the journal when dead lines dominate it (`store::compaction`).
 
 use std::fs::File;
 use std::io;
@@ -28,6 +29,7 @@ use std::path::Path;
 
 use super::OpenError;
 use super::beneath;
+use super::compaction;
 use super::durability;
 use super::index::{Index, parse_hash};
 use super::journal::{EntryView, Journal, JournalEntry, ReplayError, encode_line};
@@ -45,6 +47,8 @@ pub struct OpenReport {
     pub strays_removed: usize,
     /// Records whose file was missing or short (deleted from the journal).
     pub records_lost: usize,
+    /// Set when the journal was rewritten at this start.
+    pub compacted: Option<compaction::Compacted>,
 }
 
 /// Where recovery works.
@@ -80,6 +84,7 @@ pub fn recover(
     let resolved_before = Journal::recorded_point(layout.journal_path)
         .map(|p| p.resolved_before)
         .unwrap_or(0);
+    remove_compaction_leftover(layout.journal_path)?;
     let mut logged: Vec<Logged> = Vec::new();
     let mut records = 0usize;
     let (journal, replay, _) = Journal::open(layout.journal_path, |offset, entry| {
@@ -121,6 +126,23 @@ pub fn recover(
         .record_synced(point)
         .and_then(|()| journal.flush_marker())
         .map_err(|e| OpenError(format!("cannot write the journal's sync marker: {e}")))?;
+    let lines_total = replay.records + repairs.iter().filter(|&&b| b == b'\n').count();
+    let journal = if compaction::is_due(lines_total, index.len()) {
+        let started = std::time::Instant::now();
+        let (journal, done) = compaction::compact(layout.journal_path, journal, index, lines_total)
+            .map_err(|e| OpenError(format!("cannot compact the journal: {e}")))?;
+        eprintln!(
+            "rhinobox: journal compacted: {} lines to {} ({} bytes) in {:.0} ms",
+            done.lines_before,
+            done.lines_after,
+            done.bytes_after,
+            started.elapsed().as_secs_f64() * 1e3
+        );
+        report.compacted = Some(done);
+        journal
+    } else {
+        journal
+    };
     Ok(Recovered { journal, report })
 }
 
@@ -242,6 +264,26 @@ fn remove_stray(root: &File, index: &Index, path: &str) -> io::Result<usize> {
         "rhinobox: warning: removed stray file {path} (placed or deleted when the last run ended)"
     );
     Ok(1)
+}
+
+/// A compaction that crashed before its rename left its new file: the old journal is
+/// whole, the leftover is dropped.
+fn remove_compaction_leftover(journal_path: &Path) -> Result<(), OpenError> {
+    let leftover = compaction::leftover_path(journal_path);
+    match std::fs::remove_file(&leftover) {
+        Ok(()) => {
+            eprintln!(
+                "rhinobox: warning: removed {} (a compaction interrupted before it finished)",
+                leftover.display()
+            );
+            Ok(())
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(OpenError(format!(
+            "cannot remove {}: {e}",
+            leftover.display()
+        ))),
+    }
 }
 
 fn remove_present(root: &File, relative: &Path) -> io::Result<()> {
