@@ -9,7 +9,9 @@
 //!
 //! [`Store::open`] takes the data dir lock, empties `.tmp`, replays the journal into the
 //! index and starts the group-commit thread. Everything here is shared by all cores.
+//! [`audit`] is the offline side: `rhinobox verify` and `rhinobox repair`.
 
+pub mod audit;
 pub mod chronicle;
 pub mod durability;
 pub mod index;
