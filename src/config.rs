@@ -9,7 +9,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 
 /// What a 200 reply promises about stable storage.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -53,10 +53,15 @@ impl IoEngine {
 
 /// rhinobox: media ingest storage daemon (io_uring, BLAKE3 dedup, append-only journal).
 ///
-/// Every option can also be set through the environment variable shown; the flag wins.
+/// Without a command it runs the daemon. Every option can also be set through the
+/// environment variable shown; the flag wins.
 #[derive(Parser, Debug, Clone)]
 #[command(name = "rhinobox", version, about, long_about = None)]
 pub struct Args {
+    /// An offline admin command instead of the daemon (the daemon must be stopped).
+    #[command(subcommand)]
+    pub command: Option<AdminCommand>,
+
     /// Bind address; `:PORT` means all interfaces.
     #[arg(long, env = "RHINOBOX_ADDR", default_value = ":8090")]
     pub addr: String,
@@ -107,6 +112,48 @@ pub struct Args {
     /// buffers; smaller ones through the page cache.
     #[arg(long, env = "RHINOBOX_DIRECT_IO_MIN_KB", default_value = "1024")]
     pub direct_io_min_kb: String,
+}
+
+/// The offline admin commands. Each holds the data dir lock for its whole run, so it
+/// refuses (exit 2) while a daemon serves that data dir, and a daemon cannot start under it.
+#[derive(Subcommand, Debug, Clone)]
+pub enum AdminCommand {
+    /// Re-hash every stored file against the journal and list what is wrong (read-only).
+    ///
+    /// Prints one line per finding on stdout (`missing PATH`, `damaged PATH (expected
+    /// HASH, found ...)`, `stray PATH`, `damaged-journal-line N (byte OFFSET)`; `tmp PATH`
+    /// lines are only informative) and a summary line. Exit status: 0 when clean, 1 when
+    /// anything is wrong, 2 when it cannot run.
+    Verify(AdminArgs),
+    /// Make the store consistent again: what `verify` finds is set aside, rebuilt or removed.
+    ///
+    /// Damaged journal lines go to `metadata/damaged-<UTC time>.ndjson` and the journal is
+    /// rewritten without them; records are rebuilt from stray `<hash12>_<name>.<ext>` files
+    /// whose content matches their name; a record whose file is missing gets a delete line;
+    /// a record whose file is damaged gets a delete line and its file is moved to
+    /// `<data-dir>/damaged-<UTC time>/`; other strays are removed. Each step is printed.
+    /// Exit status: 0 when the store is consistent afterwards, 1 when a step failed, 2 when
+    /// it cannot run.
+    Repair(AdminArgs),
+}
+
+impl AdminCommand {
+    /// The data dir the command works on: its own `--data-dir`, else the daemon's
+    /// (`--data-dir` before the command, `RHINOBOX_DATA_DIR`, `./data`).
+    pub fn data_dir(&self, args: &Args) -> PathBuf {
+        let (AdminCommand::Verify(own) | AdminCommand::Repair(own)) = self;
+        own.data_dir
+            .clone()
+            .unwrap_or_else(|| args.data_dir.clone())
+    }
+}
+
+/// Options of the admin commands.
+#[derive(clap::Args, Debug, Clone)]
+pub struct AdminArgs {
+    /// Storage root to work on [default: the daemon's: RHINOBOX_DATA_DIR, else ./data].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
 }
 
 /// Every bound the server enforces, with its unit and reason.

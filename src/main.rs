@@ -1,8 +1,10 @@
-//! The rhinobox daemon binary: parse the configuration, run the server, map errors to
-//! exit codes (2 for bad configuration or a refused start).
+//! The rhinobox binary: parse the configuration, run the server (or an admin command:
+//! `verify`, `repair`), map errors to exit codes (2 for bad configuration or a refused
+//! start).
 
 use clap::Parser;
-use rhinobox::config::{Args, Config};
+use rhinobox::config::{AdminCommand, Args, Config};
+use rhinobox::store::audit;
 
 /// Pins glibc's malloc thresholds. By default the mmap threshold rises to the largest
 /// block ever freed (the 8 MiB journal replay buffer) and the heap is trimmed at 128 KiB,
@@ -42,6 +44,14 @@ fn main() {
             std::process::exit(2);
         }
     };
+    if let Some(command) = &args.command {
+        let data_dir = command.data_dir(&args);
+        let code = match command {
+            AdminCommand::Verify(_) => audit::verify(&data_dir),
+            AdminCommand::Repair(_) => audit::repair(&data_dir),
+        };
+        std::process::exit(code);
+    }
     let config = match Config::from_args(args) {
         Ok(config) => config,
         Err(e) => {

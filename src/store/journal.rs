@@ -250,7 +250,8 @@ impl std::fmt::Display for ReplayError {
             } => write!(
                 f,
                 "journal corrupted at line {line_number} (byte {offset}) before its tail; \
-                 refusing to start (restore the journal or remove the bad line)"
+                 refusing to start; run `rhinobox repair` with the same --data-dir to set \
+                 it aside"
             ),
             ReplayError::Shorter { synced_len, len } => write!(
                 f,

@@ -11,7 +11,9 @@
 //! index and starts the group-commit thread. Everything here is shared by all cores.
 //! Downloads open stored files beneath [`Store::storage_root`] (`storage/`, opened once)
 //! with [`beneath::open_beneath`], which follows no symbolic link below `storage/`.
+//! [`audit`] is the offline side: `rhinobox verify` and `rhinobox repair`.
 
+pub mod audit;
 pub mod beneath;
 pub mod chronicle;
 pub mod compaction;
