@@ -14,7 +14,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 /// What a 200 reply promises about stable storage.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Durability {
-    /// Page cache only, as the Go original: fastest, a power loss can lose replied files.
+    /// Acknowledged from the page cache, synced in the background once a second: fastest;
+    /// a power loss can lose about the last second of replied files (never corrupts).
     None,
     /// Group commit: file data, directory entries and journal records are synced before the
     /// reply, one sync shared by all requests that wait at the same moment.

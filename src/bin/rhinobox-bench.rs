@@ -89,6 +89,10 @@ struct Cli {
     /// Journal records of the `index` group and of `hostile:search`.
     #[arg(long, default_value_t = 1_000_000)]
     index_records: usize,
+    /// Dead lines (a put and a delete of a file no longer stored, each) spread among the
+    /// `index` group's records; the first start compacts them away when they dominate.
+    #[arg(long, default_value_t = 0)]
+    index_dead_records: usize,
     /// hostile:trickle: trickling uploads per daemon core (--workers, 0 = every core)
     /// beside the normal clients: each sends a multipart head with a 100 MB
     /// Content-Length, 1000 B (every fifth 200 KiB), then one byte per second.
@@ -142,6 +146,7 @@ fn main() -> ExitCode {
         max_workers: cli.max_workers.unwrap_or(cores),
         ceiling_threads: cli.ceiling_threads.unwrap_or(cores),
         index_records: cli.index_records,
+        index_dead_records: cli.index_dead_records,
         trickle_per_core: cli.trickle_per_core,
         search_clients: cli.search_clients,
         flood_connections: cli.flood_connections,

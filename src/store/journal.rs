@@ -9,9 +9,14 @@
 //!   requests never interleave inside a line.
 //! - A failed append truncates the file back to its length before the append, so a later
 //!   append never lands after a partial line.
-//! - At start-up, invalid lines are accepted only at the tail (a crash mid-append); they
-//!   are truncated away with a warning. An invalid line followed by a valid one is
-//!   corruption and refuses the start.
+//! - After every completed sync the sync thread records a [`SyncPoint`] in
+//!   `journal.synced`: the journal length before the sync, and the lowest offset of an
+//!   operation still [`InFlight`]. The marker is overwritten in place and reaches the disk
+//!   with the next sync (or an idle flush), so it may lag by one sync, never lead.
+//! - At start-up ([`TailRule`]): a bad line before the marker's synced length is damage
+//!   and refuses the start; from the first bad line after it, the rest is a torn tail,
+//!   cut after its bytes are set aside. Without a readable marker, a bad line is a torn
+//!   tail only when no valid line follows it.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -664,6 +669,16 @@ fn set_aside_tail(path: &Path, file: &File, from: u64) -> io::Result<()> {
         File::open(dir)?.sync_all()?;
     }
     Ok(())
+}
+
+/// Writes the sync marker of the journal at `journal_path` (tools that build a journal
+/// offline, e.g. the benchmark harness: a journal they wrote and synced whole).
+pub fn write_marker_file(journal_path: &Path, point: SyncPoint) -> io::Result<()> {
+    let path = journal_path.with_extension("synced");
+    let file = File::create(path)?;
+    use std::os::unix::fs::FileExt;
+    file.write_all_at(&encode_marker(point), 0)?;
+    file.sync_all()
 }
 
 /// `journal.synced`: the last [`SyncPoint`] whose sync completed, as one checksummed line

@@ -1,14 +1,22 @@
-//! The store: on-disk layout, dedup index, journal, durability and the io engines.
+//! The store: on-disk layout, dedup index, journal, durability and the io engines, and
+//! the only module that changes them ([`protocol`]: put and delete).
 //!
 //! ```text
 //! <data>/storage/<media_type>/<subtype>/[<category>/]<hash12>_<name>.<ext>
+//!                               (a longer hash prefix when the name was taken)
 //! <data>/storage/.tmp/          files being received; emptied at start
-//! <data>/metadata/journal.ndjson append-only log, one record per stored file or delete
+//! <data>/metadata/journal.ndjson append-only log: put, delete and place-intent lines
+//! <data>/metadata/journal.synced the last completed sync point (torn tail vs damage)
+//! <data>/metadata/journal-tail-<secs>.torn  bytes cut from a torn tail, kept
 //! <data>/.lock                  flock held by the one daemon that owns this data dir
 //! ```
 //!
-//! [`Store::open`] takes the data dir lock, empties `.tmp`, replays the journal into the
-//! index and starts the group-commit thread. Everything here is shared by all cores.
+//! Pipeline of the store: [`Store::open`] takes the data dir lock and runs
+//! [`recovery`] (sync, replay, clean up after the last run, [`compaction`]); then
+//! [`protocol`] serves puts and deletes through the [`index`] (dedup, claims, leases),
+//! the [`journal`] and [`durability`] (group commit on every data file system), with
+//! file I/O through the core's [`io`] engine and `.tmp` guarded by [`tmp`].
+//! [`failpoint`] injects errors in test builds.
 //! Downloads open stored files beneath [`Store::storage_root`] (`storage/`, opened once)
 //! with [`beneath::open_beneath`], which follows no symbolic link below `storage/`.
 //! [`audit`] is the offline side: `rhinobox verify` and `rhinobox repair`.
