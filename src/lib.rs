@@ -6,13 +6,26 @@
 //!
 //! - [`config`]: every knob (env var, flag, default, unit) and the [`config::Limits`].
 //! - [`server`]: the front acceptor, one pinned runtime per core, HTTP routing, shutdown.
-//! - [`ingest`]: multipart stream → sniff → hash → write to `.tmp` → dedup → commit → journal.
-//! - [`store`]: on-disk layout, the io engines (uring | threads), the dedup index, the
-//!   journal and its replay at start-up, group commit (durability); [`store::audit`] is
-//!   the offline `rhinobox verify` / `rhinobox repair`.
+//! - [`ingest`]: multipart stream → sniff → hash → stage in memory or `.tmp` → commit
+//!   (builds the records, calls the store's put).
+//! - [`store`]: the put and delete protocols (`store::protocol`), on-disk layout, the io
+//!   engines (uring | threads), the dedup index, the journal, start-up recovery and
+//!   compaction, group commit (durability); [`store::audit`] is the offline
+//!   `rhinobox verify` / `rhinobox repair`.
 //! - [`api`]: errors as JSON, read/manage endpoints, metrics.
 //! - [`client`]: a small blocking HTTP/1.1 client, multipart encoder and media payload
 //!   generator shared by the benchmark harness and the integration tests.
+
+/// One line on stderr, the daemon's log. Unlike `eprintln!`, a failing stderr (a full
+/// disk behind it, a closed pipe) is ignored instead of panicking: a log line must never
+/// take a request, or the fail-stop path, down with it.
+#[macro_export]
+macro_rules! log_line {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
 
 pub mod api;
 pub mod bench;

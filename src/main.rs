@@ -40,7 +40,7 @@ fn main() {
                 .next()
                 .unwrap_or("invalid arguments")
                 .trim_start_matches("error: ");
-            eprintln!("rhinobox: error: {first}");
+            rhinobox::log_line!("rhinobox: error: {first}");
             std::process::exit(2);
         }
     };
@@ -55,14 +55,14 @@ fn main() {
     let config = match Config::from_args(args) {
         Ok(config) => config,
         Err(e) => {
-            eprintln!("rhinobox: error: {e}");
+            rhinobox::log_line!("rhinobox: error: {e}");
             std::process::exit(2);
         }
     };
     match rhinobox::server::run(config) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
-            eprintln!("rhinobox: error: {}", e.0);
+            rhinobox::log_line!("rhinobox: error: {}", e.0);
             std::process::exit(2);
         }
     }

@@ -265,7 +265,7 @@ fn path_open_error(error: &io::Error) -> ApiError {
 /// A `hash=` open that failed: a link on the way is 404 and a warning (module docs).
 fn hash_open_error(path: &str, error: &io::Error) -> ApiError {
     if is_link_refused(error) {
-        eprintln!(
+        crate::log_line!(
             "rhinobox: warning: {path} is reached through a symbolic link below storage/; \
              not followed, the download is answered 404"
         );

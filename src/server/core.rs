@@ -208,7 +208,7 @@ async fn run_core(
             break;
         }
         if tokio::time::timeout_at(deadline, drained).await.is_err() {
-            eprintln!(
+            crate::log_line!(
                 "rhinobox: core {core_id}: {} connection(s) still open at the shutdown timeout",
                 tracker.live.get()
             );
@@ -227,7 +227,7 @@ async fn serve_connection(
     let stream = match tokio::net::TcpStream::from_std(stream) {
         Ok(stream) => stream,
         Err(e) => {
-            eprintln!("rhinobox: cannot adopt a connection: {e}");
+            crate::log_line!("rhinobox: cannot adopt a connection: {e}");
             return;
         }
     };

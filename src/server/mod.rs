@@ -117,7 +117,7 @@ fn choose_engine(
             "RHINOBOX_IO_ENGINE/--io-engine: uring requested but unavailable: {e}; {URING_ADVICE}"
         ))),
         (_, Err(e)) => {
-            eprintln!(
+            crate::log_line!(
                 "rhinobox: warning: io_uring unusable here ({e}); using the threads io engine \
                  (for io_uring: {URING_ADVICE})"
             );
@@ -244,7 +244,7 @@ pub fn run(mut config: Config) -> Result<i32, StartError> {
             if shared.engine == EngineChoice::Uring
                 && shared.config.io_engine == IoEngine::Auto =>
         {
-            eprintln!(
+            crate::log_line!(
                 "rhinobox: warning: {e}; using the threads io engine (for io_uring: {})",
                 crate::store::io::memlock::URING_ADVICE
             );
@@ -268,10 +268,10 @@ pub fn run(mut config: Config) -> Result<i32, StartError> {
     };
     let engine = shared.engine;
     if let (EngineChoice::Uring, Some(note)) = (engine, pools_note) {
-        eprintln!("rhinobox: warning: {note}");
+        crate::log_line!("rhinobox: warning: {note}");
     }
     start_memory_trimmer(shared.clone());
-    eprintln!(
+    crate::log_line!(
         "rhinobox: ready: {} records replayed, {} tmp files removed, {} in-flight operations \
          re-checked ({} strays removed, {} lost records deleted), io engine {}, durability {}, \
          {} cores, in {:.0} ms",
@@ -288,7 +288,7 @@ pub fn run(mut config: Config) -> Result<i32, StartError> {
         workers,
         started.elapsed().as_secs_f64() * 1e3
     );
-    eprintln!("rhinobox: listening on {local_addr}");
+    crate::log_line!("rhinobox: listening on {local_addr}");
     notify_systemd("READY=1");
 
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -308,11 +308,11 @@ fn finish(shared: &Shared) -> Result<i32, StartError> {
     shared.access_log.stop();
     // Final flush: whatever durability mode, leave the journal and data synced on exit.
     if let Err(e) = shared.store.sync_at_exit() {
-        eprintln!("rhinobox: fatal: sync failed at shutdown: {e}");
+        crate::log_line!("rhinobox: fatal: sync failed at shutdown: {e}");
         return Ok(crate::store::durability::EXIT_SYNC_FAILED);
     }
     shared.store.group_commit.stop();
-    eprintln!("rhinobox: stopped cleanly");
+    crate::log_line!("rhinobox: stopped cleanly");
     Ok(0)
 }
 
@@ -346,7 +346,7 @@ async fn accept_until_signal(
             Ok((stream, _)) => stream,
             Err(e) => {
                 // EMFILE/ENFILE and friends: back off briefly rather than spin.
-                eprintln!("rhinobox: accept failed: {e}");
+                crate::log_line!("rhinobox: accept failed: {e}");
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 continue;
             }
@@ -364,7 +364,7 @@ async fn accept_until_signal(
             shared.cores[core].queue_len.fetch_sub(1, Ordering::Relaxed);
         }
     }
-    eprintln!("rhinobox: signal received; draining in-flight requests");
+    crate::log_line!("rhinobox: signal received; draining in-flight requests");
     Ok(())
 }
 
@@ -401,7 +401,7 @@ fn start_memory_trimmer(shared: Arc<Shared>) {
             }
         });
     if let Err(e) = spawned {
-        eprintln!("rhinobox: warning: no memory trim thread: {e}");
+        crate::log_line!("rhinobox: warning: no memory trim thread: {e}");
     }
 }
 
@@ -415,7 +415,7 @@ fn set_listen_backlog(listener: &std::net::TcpListener, connections_max: usize) 
     // backlog. No memory is passed.
     let rc = unsafe { libc::listen(listener.as_raw_fd(), backlog) };
     if rc != 0 {
-        eprintln!(
+        crate::log_line!(
             "rhinobox: warning: cannot raise the listen backlog to {backlog}: {}",
             std::io::Error::last_os_error()
         );
@@ -425,7 +425,7 @@ fn set_listen_backlog(listener: &std::net::TcpListener, connections_max: usize) 
         .ok()
         .and_then(|v| v.trim().parse::<i32>().ok());
     if let Some(cap) = somaxconn.filter(|cap| *cap < backlog) {
-        eprintln!(
+        crate::log_line!(
             "rhinobox: warning: net.core.somaxconn = {cap} caps the listen backlog below \
              {backlog}; bursts of new connections may wait for SYN retransmits (raise it with \
              sysctl)"
@@ -456,11 +456,12 @@ fn raise_open_file_limit(connections_max: usize) {
     }
     let needed = connections_max as u64 + FILE_DESCRIPTORS_RESERVE;
     if limit.rlim_cur != libc::RLIM_INFINITY && limit.rlim_cur < needed {
-        eprintln!(
+        crate::log_line!(
             "rhinobox: warning: the open-file limit ({}) is below --max-connections {} plus \
              {FILE_DESCRIPTORS_RESERVE} for files; raise it (`ulimit -n`, LimitNOFILE= in a \
              systemd unit) or lower RHINOBOX_MAX_CONNECTIONS",
-            limit.rlim_cur, connections_max
+            limit.rlim_cur,
+            connections_max
         );
     }
 }
@@ -483,6 +484,6 @@ fn notify_systemd(state: &str) {
         socket.send_to(state.as_bytes(), &path)
     };
     if let Err(e) = result {
-        eprintln!("rhinobox: warning: cannot notify systemd: {e}");
+        crate::log_line!("rhinobox: warning: cannot notify systemd: {e}");
     }
 }

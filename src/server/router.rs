@@ -66,7 +66,7 @@ fn panic_response(
         .map(|s| s.to_string())
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_default();
-    eprintln!("rhinobox: error: handler of {method} {path} panicked: {message}");
+    crate::log_line!("rhinobox: error: handler of {method} {path} panicked: {message}");
     let mut response =
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response();
     response.headers_mut().insert(

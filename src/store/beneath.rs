@@ -87,7 +87,7 @@ pub fn is_link_refused(error: &io::Error) -> bool {
 
 fn note_openat2_missing() {
     if !OPENAT2_MISSING.swap(true, Ordering::Relaxed) {
-        eprintln!(
+        crate::log_line!(
             "rhinobox: warning: openat2(2) is not available (Linux older than 5.6?): stored \
              files are opened one path component at a time with O_NOFOLLOW"
         );

@@ -704,7 +704,7 @@ impl SyncMarker {
             .read_to_end(&mut bytes)?;
         let found = decode_marker(&bytes);
         if found.is_none() && !bytes.is_empty() {
-            eprintln!(
+            crate::log_line!(
                 "rhinobox: warning: {} is unreadable; the journal tail is judged without it",
                 path.display()
             );

@@ -289,7 +289,7 @@ impl Store {
                     }
                     drop(lease);
                     if self.index.claim_damaged(hash, &file) {
-                        eprintln!(
+                        crate::log_line!(
                             "rhinobox: warning: stored copy {} is missing or damaged; \
                              storing the uploaded bytes in its place",
                             file.path()

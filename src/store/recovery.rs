@@ -96,10 +96,11 @@ pub fn recover(
     })
     .map_err(|e| open_error(layout, e))?;
     if replay.torn_tail_bytes > 0 {
-        eprintln!(
+        crate::log_line!(
             "rhinobox: warning: journal had a torn tail of {} bytes ({} checked-out lines in \
              it) written after its last sync; cut, and set aside in metadata/journal-tail-*.torn",
-            replay.torn_tail_bytes, replay.torn_tail_valid_lines
+            replay.torn_tail_bytes,
+            replay.torn_tail_valid_lines
         );
     }
     let tmp_files_removed = empty_dir(layout.tmp_dir)
@@ -131,7 +132,7 @@ pub fn recover(
         let started = std::time::Instant::now();
         let (journal, done) = compaction::compact(layout.journal_path, journal, index, lines_total)
             .map_err(|e| OpenError(format!("cannot compact the journal: {e}")))?;
-        eprintln!(
+        crate::log_line!(
             "rhinobox: journal compacted: {} lines to {} ({} bytes) in {:.0} ms",
             done.lines_before,
             done.lines_after,
@@ -178,7 +179,7 @@ fn apply(index: &Index, entry: EntryView<'_>) {
         EntryView::Put(record) => {
             let inserted = parse_hash(&record.hash).and_then(|hash| index.insert(&hash, &record));
             if inserted.is_none() {
-                eprintln!(
+                crate::log_line!(
                     "rhinobox: warning: journal record for {:?} has an unreadable hash or time; skipped",
                     record.path
                 );
@@ -229,7 +230,7 @@ fn recheck(
                 if intact {
                     continue;
                 }
-                eprintln!(
+                crate::log_line!(
                     "rhinobox: warning: {path} is missing or not of its recorded size \
                      ({} bytes) after the last run; its record is deleted",
                     file.size
@@ -260,7 +261,7 @@ fn remove_stray(root: &File, index: &Index, path: &str) -> io::Result<usize> {
         return Ok(0);
     }
     remove_present(root, &relative)?;
-    eprintln!(
+    crate::log_line!(
         "rhinobox: warning: removed stray file {path} (placed or deleted when the last run ended)"
     );
     Ok(1)
@@ -272,7 +273,7 @@ fn remove_compaction_leftover(journal_path: &Path) -> Result<(), OpenError> {
     let leftover = compaction::leftover_path(journal_path);
     match std::fs::remove_file(&leftover) {
         Ok(()) => {
-            eprintln!(
+            crate::log_line!(
                 "rhinobox: warning: removed {} (a compaction interrupted before it finished)",
                 leftover.display()
             );

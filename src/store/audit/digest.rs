@@ -109,7 +109,7 @@ impl Progress {
     /// Prints `line()` when the interval has passed since the last line (or the start).
     pub fn tick(&mut self, line: impl FnOnce() -> String) {
         if self.last.elapsed() >= PROGRESS_INTERVAL {
-            eprintln!("rhinobox {}: {}", self.command, line());
+            crate::log_line!("rhinobox {}: {}", self.command, line());
             self.last = Instant::now();
         }
     }

@@ -126,7 +126,7 @@ fn run_repair(
 }
 
 fn cannot_run(error: &AuditError) -> i32 {
-    eprintln!("rhinobox: error: {error}");
+    crate::log_line!("rhinobox: error: {error}");
     EXIT_CANNOT_RUN
 }
 

@@ -155,7 +155,7 @@ fn end_records(
 
 /// Reports a failed step on stderr and counts it.
 fn fail(done: &mut Repaired, message: std::fmt::Arguments<'_>) {
-    eprintln!("rhinobox: error: {message}");
+    crate::log_line!("rhinobox: error: {message}");
     done.failures += 1;
 }
 
