@@ -307,11 +307,11 @@ fn finish(shared: &Shared) -> Result<i32, StartError> {
     // The cores are stopped: no more access-log lines; write out the queued ones.
     shared.access_log.stop();
     // Final flush: whatever durability mode, leave the journal and data synced on exit.
+    shared.store.group_commit.stop();
     if let Err(e) = shared.store.sync_at_exit() {
         crate::log_line!("rhinobox: fatal: sync failed at shutdown: {e}");
         return Ok(crate::store::durability::EXIT_SYNC_FAILED);
     }
-    shared.store.group_commit.stop();
     crate::log_line!("rhinobox: stopped cleanly");
     Ok(0)
 }

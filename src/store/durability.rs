@@ -53,6 +53,7 @@ struct Shared {
     waiters: Mutex<Waiters>,
     wake: Condvar,
     batches_total: AtomicU64,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 /// The sync thread's barrier could not be passed: the thread is gone. The process is
@@ -111,14 +112,16 @@ impl GroupCommit {
             }),
             wake: Condvar::new(),
             batches_total: AtomicU64::new(0),
+            thread: Mutex::new(None),
         });
         let thread_shared = shared.clone();
-        std::thread::Builder::new()
+        let handle = std::thread::Builder::new()
             .name("rhinobox-sync".into())
             .spawn(move || {
                 let _guard = ExitOnPanic;
                 sync_loop(&thread_shared, &targets, &journal)
             })?;
+        *shared.thread.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
         Ok(GroupCommit { shared })
     }
 
@@ -143,15 +146,27 @@ impl GroupCommit {
         self.shared.batches_total.load(Ordering::Relaxed)
     }
 
-    /// Stops the thread after it has served the waiters registered so far.
+    /// Stops the thread after it has served the waiters registered so far, and waits for
+    /// it to end (shutdown then writes the clean-stop marker with nobody racing it).
     pub fn stop(&self) {
-        let mut waiters = self
+        {
+            let mut waiters = self
+                .shared
+                .waiters
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            waiters.stopping = true;
+            self.shared.wake.notify_one();
+        }
+        let handle = self
             .shared
-            .waiters
+            .thread
             .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        waiters.stopping = true;
-        self.shared.wake.notify_one();
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(handle) = handle {
+            let _ = handle.join();
+        }
     }
 }
 

@@ -628,6 +628,19 @@ impl Journal {
         self.marker.write(point)
     }
 
+    /// Records, durably, that the daemon stops cleanly at `point` (everything synced,
+    /// nothing in flight). The next start writes `running` again.
+    pub fn record_clean_stop(&self, point: SyncPoint) -> io::Result<()> {
+        self.marker.write_state(point, Stop::Clean)?;
+        self.marker.file.sync_data()
+    }
+
+    /// How the daemon last left the journal at `path`; `None` without a readable marker.
+    pub fn last_stop(path: &Path) -> Option<Stop> {
+        let bytes = std::fs::read(path.with_extension("synced")).ok()?;
+        decode_marker_state(&bytes).map(|(_, stop)| stop)
+    }
+
     /// Makes the last recorded point durable (the sync thread, when idle, and shutdown).
     pub fn flush_marker(&self) -> io::Result<()> {
         self.marker.file.sync_data()
@@ -677,7 +690,7 @@ pub fn write_marker_file(journal_path: &Path, point: SyncPoint) -> io::Result<()
     let path = journal_path.with_extension("synced");
     let file = File::create(path)?;
     use std::os::unix::fs::FileExt;
-    file.write_all_at(&encode_marker(point), 0)?;
+    file.write_all_at(&encode_marker(point, Stop::Running), 0)?;
     file.sync_all()
 }
 
@@ -713,14 +726,29 @@ impl SyncMarker {
     }
 
     fn write(&self, point: SyncPoint) -> io::Result<()> {
+        self.write_state(point, Stop::Running)
+    }
+
+    fn write_state(&self, point: SyncPoint, stop: Stop) -> io::Result<()> {
         use std::os::unix::fs::FileExt;
-        self.file.write_all_at(&encode_marker(point), 0)
+        self.file.write_all_at(&encode_marker(point, stop), 0)
     }
 }
 
-fn encode_marker(point: SyncPoint) -> [u8; MARKER_BYTES] {
+/// How the daemon last left the journal: running (or killed), or stopped cleanly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    Running,
+    Clean,
+}
+
+fn encode_marker(point: SyncPoint, stop: Stop) -> [u8; MARKER_BYTES] {
+    let state = match stop {
+        Stop::Running => "running",
+        Stop::Clean => "clean",
+    };
     let body = format!(
-        "synced {:020} resolved {:020}",
+        "synced {:020} resolved {:020} {state}",
         point.synced_len, point.resolved_before
     );
     let line = format!("{body} {:010}", crc32fast::hash(body.as_bytes()));
@@ -731,19 +759,24 @@ fn encode_marker(point: SyncPoint) -> [u8; MARKER_BYTES] {
 }
 
 fn decode_marker(bytes: &[u8]) -> Option<SyncPoint> {
+    decode_marker_state(bytes).map(|(point, _)| point)
+}
+
+fn decode_marker_state(bytes: &[u8]) -> Option<(SyncPoint, Stop)> {
     let text = std::str::from_utf8(bytes.get(..MARKER_BYTES)?).ok()?;
-    let mut words = text.split_ascii_whitespace();
-    let (synced_word, synced, resolved_word, resolved, crc) = (
-        words.next()?,
-        words.next()?,
-        words.next()?,
-        words.next()?,
-        words.next()?,
-    );
-    if synced_word != "synced" || resolved_word != "resolved" || words.next().is_some() {
+    let words: Vec<&str> = text.split_ascii_whitespace().collect();
+    let [synced_word, synced, resolved_word, resolved, state, crc] = words[..] else {
+        return None;
+    };
+    if synced_word != "synced" || resolved_word != "resolved" {
         return None;
     }
-    let body = format!("{synced_word} {synced} {resolved_word} {resolved}");
+    let stop = match state {
+        "running" => Stop::Running,
+        "clean" => Stop::Clean,
+        _ => return None,
+    };
+    let body = format!("{synced_word} {synced} {resolved_word} {resolved} {state}");
     if crc32fast::hash(body.as_bytes()) != crc.parse::<u32>().ok()? {
         return None;
     }
@@ -751,7 +784,7 @@ fn decode_marker(bytes: &[u8]) -> Option<SyncPoint> {
         synced_len: synced.parse().ok()?,
         resolved_before: resolved.parse().ok()?,
     };
-    (point.resolved_before <= point.synced_len).then_some(point)
+    (point.resolved_before <= point.synced_len).then_some((point, stop))
 }
 
 #[cfg(test)]
@@ -793,8 +826,8 @@ mod tests {
             synced_len: 123_456_789_012,
             resolved_before: 42,
         };
-        let bytes = encode_marker(point);
-        assert_eq!(decode_marker(&bytes), Some(point));
+        let bytes = encode_marker(point, Stop::Clean);
+        assert_eq!(decode_marker_state(&bytes), Some((point, Stop::Clean)));
         for i in 0..bytes.len() - 1 {
             let mut bad = bytes;
             bad[i] ^= 0x01;

@@ -122,6 +122,7 @@ impl Store {
             },
             &index,
             &sync_targets,
+            durability,
         )?;
         let journal = Arc::new(recovered.journal);
         let group_commit = GroupCommit::start(
@@ -194,8 +195,7 @@ impl Store {
         self.journal.sync()?;
         let point = self.journal.sync_point();
         durability::sync_all(&self.sync_targets)?;
-        self.journal.record_synced(point)?;
-        self.journal.flush_marker()
+        self.journal.record_clean_stop(point)
     }
 
     pub fn count_ingested(&self, bytes: u64) {

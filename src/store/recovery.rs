@@ -15,25 +15,30 @@
 //!    - a `place` intent whose file (under any hash-prefix length) exists without a
 //!      record naming it: a stray from a put that never committed → removed;
 //!    - a `delete` line whose file still exists and no record names: removed;
-//!    - a `put` record whose file is missing or not of the recorded size (durability
-//!      `none` after a power cut: the record reached the disk, the data did not) → the
-//!      record is deleted with a `delete` line and what is left of the file removed.
+//!    - a `put` record whose file is missing, not of the recorded size or not of the
+//!      recorded BLAKE3 (durability `none` after a power cut: the record reached the
+//!      disk, the data did not — zeros under the right size) → the record is deleted
+//!      with a `delete` line and what is left of the file removed.
 //!
 //!    Each removal is one warning line on stderr.
+//!    With durability `none` after a stop that was not clean, the whole of `storage/` is
+//!    walked for strays as well: without a sync between them, an intent and the rename
+//!    after it reach the disk in any order (cost: the files stored).
 //! 5. Sync again and record a marker with nothing in flight.
 //! 6. Compact the journal when dead lines dominate it (`store::compaction`).
 
 use std::fs::File;
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::OpenError;
 use super::beneath;
 use super::compaction;
 use super::durability;
 use super::index::{Index, parse_hash};
-use super::journal::{EntryView, Journal, JournalEntry, ReplayError, encode_line};
+use super::journal::{EntryView, Journal, JournalEntry, ReplayError, Stop, encode_line};
 use super::protocol::{NAME_PREFIX_HEX_LENGTHS, below_storage, with_prefix};
+use crate::config::Durability;
 
 /// What start-up found, for the start-up log line.
 #[derive(Debug, Default)]
@@ -78,9 +83,11 @@ pub fn recover(
     layout: &Layout<'_>,
     index: &Index,
     sync_targets: &[File],
+    durability: Durability,
 ) -> Result<Recovered, OpenError> {
     durability::sync_all(sync_targets)
         .map_err(|e| OpenError(format!("cannot sync the data dir before reading it: {e}")))?;
+    let unclean = Journal::last_stop(layout.journal_path) != Some(Stop::Clean);
     let resolved_before = Journal::recorded_point(layout.journal_path)
         .map(|p| p.resolved_before)
         .unwrap_or(0);
@@ -114,6 +121,11 @@ pub fn recover(
     };
     let repairs = recheck(layout.storage_root, index, &logged, &mut report)
         .map_err(|e| OpenError(format!("cannot clean up after the last run: {e}")))?;
+    if durability == Durability::None && unclean {
+        let storage = layout.data_dir.join("storage");
+        walk_for_strays(&storage, index, &mut report)
+            .map_err(|e| OpenError(format!("cannot look for stray files: {e}")))?;
+    }
     if !repairs.is_empty() {
         journal
             .append(&repairs)
@@ -224,15 +236,12 @@ fn recheck(
                     continue;
                 }
                 let relative = below_storage(path);
-                let intact = beneath::metadata_beneath(root, &relative)
-                    .map(|m| m.file_type().is_file() && m.len() == file.size)
-                    .unwrap_or(false);
-                if intact {
+                if content_matches(root, &relative, file.size, &file.hash) {
                     continue;
                 }
                 crate::log_line!(
-                    "rhinobox: warning: {path} is missing or not of its recorded size \
-                     ({} bytes) after the last run; its record is deleted",
+                    "rhinobox: warning: {path} is missing, or not the {} bytes recorded, after \
+                     the last run; its record is deleted",
                     file.size
                 );
                 let entry = JournalEntry::Delete {
@@ -249,6 +258,72 @@ fn recheck(
         }
     }
     Ok(lines)
+}
+
+/// True when the file at `relative` is a regular file of `size` bytes whose BLAKE3 is
+/// `hash`. Start-up re-hashes only the files of records logged after the marker: a power
+/// cut can keep a record and the file's size while the data blocks never reached the disk
+/// (zeros), which a size check misses.
+fn content_matches(root: &File, relative: &Path, size: u64, hash: &[u8; 32]) -> bool {
+    use std::io::Read;
+    let Ok(mut file) = beneath::open_beneath(root, relative, libc::O_RDONLY) else {
+        return false;
+    };
+    match file.metadata() {
+        Ok(meta) if meta.is_file() && meta.len() == size => {}
+        _ => return false,
+    }
+    let mut hasher = blake3::Hasher::new();
+    let mut buffer = vec![0u8; 1 << 20];
+    loop {
+        match file.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => {
+                hasher.update(&buffer[..n]);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return false,
+        }
+    }
+    hasher.finalize().as_bytes() == hash
+}
+
+/// Durability `none` after a stop that was not clean: renames may have reached the disk
+/// while the intents logged before them did not (nothing orders two files without a
+/// sync), so the in-flight re-check cannot see every stray. Walks all of `storage/`
+/// (cost: the files stored) and removes every file no record names.
+fn walk_for_strays(root: &Path, index: &Index, report: &mut OpenReport) -> io::Result<()> {
+    let mut pending: Vec<(PathBuf, String)> = vec![(root.to_path_buf(), "storage".into())];
+    while let Some((dir, record_dir)) = pending.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if record_dir == "storage" && name == ".tmp" {
+                continue;
+            }
+            let record_path = format!("{record_dir}/{name}");
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                pending.push((entry.path(), record_path));
+            } else if index.get_by_path(&record_path).is_none() {
+                remove_present_path(&entry.path())?;
+                crate::log_line!(
+                    "rhinobox: warning: removed stray file {record_path} (durability none, \
+                     unclean stop)"
+                );
+                report.strays_removed += 1;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn remove_present_path(path: &Path) -> io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
 }
 
 /// Removes `path` when it exists and no record names it; 1 when removed.
