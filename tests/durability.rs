@@ -405,6 +405,40 @@ fn dedup_heals_a_removed_stored_copy() {
     dedup_heal_case(131, |path| std::fs::remove_file(path).unwrap());
 }
 
+/// Dedup heals a damaged copy also when stderr cannot be written (its pipe closed after
+/// the ready line, as for a full or gone log): the heal's warning must not break the put.
+/// The re-upload over a truncated copy is a 200 `duplicate: false`, and a third upload of
+/// the same bytes a 200 `duplicate: true` within 10 s. Ignored: today the warning's
+/// `eprintln!` in `Store::plan` panics after `claim_damaged` took the hash and before the
+/// rollback knows the claim; the put answers 500 and the hash stays claimed, so the third
+/// upload waits forever. Run with `-- --ignored` once that is fixed, then drop the ignore.
+#[test]
+#[ignore = "bug: Store::plan's heal warning panics on an unwritable stderr, leaking the claim"]
+fn dedup_heal_survives_an_unwritable_stderr() {
+    let daemon = Daemon::builder().close_stderr_after_ready().start();
+    let file = TestFile::new(MediaKind::Webp, 6000, 132);
+    let entry = daemon.upload_ok(std::slice::from_ref(&file)).remove(0);
+    let stored = daemon.disk_path(entry["path"].as_str().expect("path"));
+    let copy = std::fs::OpenOptions::new()
+        .write(true)
+        .open(stored)
+        .unwrap();
+    copy.set_len(1000).unwrap();
+    for duplicate in [false, true] {
+        let (content_type, body) = form_of(std::slice::from_ref(&file)).finish();
+        let response =
+            rhinobox::client::Connection::connect_timeout(daemon.addr, Duration::from_secs(10))
+                .and_then(|mut conn| {
+                    let headers = [("Content-Type", content_type.as_str())];
+                    conn.request("POST", "/ingest/media", &headers, &body)
+                })
+                .unwrap_or_else(|e| panic!("upload (duplicate: {duplicate}) got no answer: {e}"));
+        let entries = stored_entries(&response, 1);
+        assert_eq!(entries[0]["duplicate"], duplicate, "{}", entries[0]);
+    }
+    assert!(download(&daemon, &file.hash()) == file.bytes);
+}
+
 /// A flipped byte in the last journal record after a clean stop (SIGTERM, which syncs the
 /// journal and its marker) is damage, not a torn tail: the start is refused with exit 2 and
 /// a `rhinobox: error:` line naming `rhinobox repair`, and the journal is byte-for-byte what
