@@ -10,7 +10,8 @@
 //! `<suite>` runs the daemon with `--io-engine uring`, `<suite>_threads` with `--io-engine
 //! threads`, so one `cargo test --release` covers both engines. `RHINOBOX_TEST_BIN=PATH`
 //! runs every suite against another daemon binary (an older build, to show that a
-//! regression test fails on it).
+//! regression test fails on it). [`failpoints_binary`] is the daemon built with the
+//! `failpoints` feature (failure injection), built on first use.
 // Each test binary uses a different subset of these helpers.
 #![allow(dead_code)]
 
@@ -18,7 +19,7 @@ use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -70,12 +71,58 @@ pub fn binary() -> String {
     }
 }
 
-/// What to start: extra flags, environment, data dir, and an optional command prefix.
+/// Names a daemon binary built with the `failpoints` feature, used instead of building one.
+pub const FAILPOINTS_BIN_ENV: &str = "RHINOBOX_FAILPOINTS_BIN";
+
+/// Path of a daemon binary built with the `failpoints` feature (`RHINOBOX_FAILPOINTS`
+/// injects errors and crashes, see `src/store/failpoint.rs`): `$RHINOBOX_FAILPOINTS_BIN`
+/// when set and not empty, else `target/failpoints/release/rhinobox`, which the first call
+/// in a test process builds (or brings up to date) with
+/// `cargo build --release --features failpoints --target-dir target/failpoints --bin rhinobox`.
+/// Its own target dir keeps this build off the locks of the `cargo test` that runs us, and
+/// cargo's lock on that dir serializes test processes that build at once; within a process
+/// the other tests wait for the first one's build. `.ci/run` builds it up front, so there
+/// the call finds it fresh. Panics (in every caller) when the build fails.
+pub fn failpoints_binary() -> String {
+    static BUILT: OnceLock<Result<String, String>> = OnceLock::new();
+    if let Ok(path) = std::env::var(FAILPOINTS_BIN_ENV)
+        && !path.is_empty()
+    {
+        return path;
+    }
+    let built = BUILT.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+        eprintln!("building the failpoints daemon (target/failpoints) for this test");
+        let output = Command::new(cargo)
+            .current_dir(root)
+            .args(["build", "--release", "--features", "failpoints"])
+            .args(["--target-dir", "target/failpoints", "--bin", "rhinobox"])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("cannot run cargo to build the failpoints daemon: {e}"))?;
+        if !output.status.success() {
+            return Err(format!(
+                "building the failpoints daemon failed ({}):\n{}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            ));
+        }
+        let path = root.join("target/failpoints/release/rhinobox");
+        Ok(path.to_string_lossy().into_owned())
+    });
+    built.clone().unwrap_or_else(|message| panic!("{message}"))
+}
+
+/// What to start: extra flags, environment, data dir, an optional command prefix, another
+/// binary, and what becomes of the daemon's stderr.
 pub struct DaemonBuilder {
     args: Vec<String>,
     env: Vec<(String, String)>,
     data_dir: Option<PathBuf>,
     prefix: Vec<String>,
+    binary: Option<String>,
+    close_stderr_after_ready: bool,
 }
 
 impl DaemonBuilder {
@@ -107,6 +154,19 @@ impl DaemonBuilder {
         self
     }
 
+    /// Runs this daemon binary instead of [`binary`] (e.g. [`failpoints_binary`]).
+    pub fn binary(mut self, path: &str) -> Self {
+        self.binary = Some(path.to_string());
+        self
+    }
+
+    /// Closes the read end of the daemon's stderr pipe once its ready line arrived: every
+    /// later write to stderr fails (EPIPE), a stderr that cannot be written.
+    pub fn close_stderr_after_ready(mut self) -> Self {
+        self.close_stderr_after_ready = true;
+        self
+    }
+
     /// Starts the daemon and waits for its ready line; panics with its log otherwise.
     pub fn start(self) -> Daemon {
         self.try_start()
@@ -135,6 +195,8 @@ impl DaemonBuilder {
             args: self.args,
             env: self.env,
             prefix: self.prefix,
+            binary: self.binary,
+            close_stderr_after_ready: self.close_stderr_after_ready,
             log: Arc::new(Mutex::new(Vec::new())),
             run_log_start: 0,
         };
@@ -152,6 +214,8 @@ pub struct Daemon {
     args: Vec<String>,
     env: Vec<(String, String)>,
     prefix: Vec<String>,
+    binary: Option<String>,
+    close_stderr_after_ready: bool,
     log: Arc<Mutex<Vec<String>>>,
     run_log_start: usize,
 }
@@ -163,6 +227,8 @@ impl Daemon {
             env: Vec::new(),
             data_dir: None,
             prefix: Vec::new(),
+            binary: None,
+            close_stderr_after_ready: false,
         }
     }
 
@@ -171,14 +237,19 @@ impl Daemon {
         Daemon::builder().start()
     }
 
+    /// The daemon binary this guard runs.
+    fn program(&self) -> String {
+        self.binary.clone().unwrap_or_else(binary)
+    }
+
     fn command(&self) -> Command {
         let mut command = match self.prefix.split_first() {
             Some((program, rest)) => {
                 let mut command = Command::new(program);
-                command.args(rest).arg(binary());
+                command.args(rest).arg(self.program());
                 command
             }
-            None => Command::new(binary()),
+            None => Command::new(self.program()),
         };
         for name in DAEMON_ENV {
             command.env_remove(name);
@@ -216,9 +287,14 @@ impl Daemon {
         let mut child = self
             .command()
             .spawn()
-            .map_err(|e| format!("cannot spawn the rhinobox binary {}: {e}", binary()))?;
+            .map_err(|e| format!("cannot spawn the rhinobox binary {}: {e}", self.program()))?;
         collect_lines(child.stdout.take().unwrap(), "stdout", self.log.clone());
-        collect_lines(child.stderr.take().unwrap(), "stderr", self.log.clone());
+        let stderr = child.stderr.take().unwrap();
+        if self.close_stderr_after_ready {
+            collect_lines_until_ready(stderr, self.log.clone());
+        } else {
+            collect_lines(stderr, "stderr", self.log.clone());
+        }
         self.child = Some(child);
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
@@ -388,6 +464,18 @@ impl Daemon {
         self.wait_exit(EXIT_TIMEOUT)
     }
 
+    /// Like [`Daemon::start_expecting_exit`], but a daemon still running after `timeout`
+    /// (it started when it should not have) is killed and gives `None`.
+    pub fn try_start_expecting_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        assert!(self.child.is_none(), "daemon still running");
+        self.run_log_start = self.log.lock().unwrap().len();
+        let mut child = self.command().spawn().expect("spawn the rhinobox binary");
+        collect_lines(child.stdout.take().unwrap(), "stdout", self.log.clone());
+        collect_lines(child.stderr.take().unwrap(), "stderr", self.log.clone());
+        self.child = Some(child);
+        self.try_wait_exit(timeout)
+    }
+
     /// Lines printed by the latest run.
     pub fn current_run_lines(&self) -> Vec<String> {
         self.log.lock().unwrap()[self.run_log_start..].to_vec()
@@ -430,6 +518,14 @@ impl Daemon {
         self.post_multipart(form_of(files))
     }
 
+    /// Uploads files in one request on a fresh connection; an error when the connection
+    /// fails or closes before a complete response (the daemon died).
+    pub fn try_upload(&self, files: &[TestFile]) -> std::io::Result<Response> {
+        let (content_type, body) = form_of(files).finish();
+        let headers = [("Content-Type", content_type.as_str())];
+        Connection::connect(self.addr)?.request("POST", "/ingest/media", &headers, &body)
+    }
+
     /// Uploads files in one request, asserts 200 and one entry per file, returns them.
     pub fn upload_ok(&self, files: &[TestFile]) -> Vec<Value> {
         stored_entries(&self.upload(files), files.len())
@@ -470,6 +566,23 @@ fn collect_lines(
             let Ok(line) = line else { break };
             eprintln!("[daemon {tag}] {line}");
             log.lock().unwrap().push(format!("{tag}: {line}"));
+        }
+    });
+}
+
+/// Like [`collect_lines`] for stderr, but stops reading after the ready line and closes
+/// the pipe, so the daemon's later writes to stderr fail.
+fn collect_lines_until_ready(stream: impl Read + Send + 'static, log: Arc<Mutex<Vec<String>>>) {
+    thread::spawn(move || {
+        for line in BufReader::new(stream).lines() {
+            let Ok(line) = line else { break };
+            eprintln!("[daemon stderr] {line}");
+            let ready = line.starts_with(READY_PREFIX);
+            log.lock().unwrap().push(format!("stderr: {line}"));
+            if ready {
+                eprintln!("[daemon stderr] (closed by the test: later writes fail)");
+                break;
+            }
         }
     });
 }
