@@ -408,12 +408,11 @@ fn dedup_heals_a_removed_stored_copy() {
 /// Dedup heals a damaged copy also when stderr cannot be written (its pipe closed after
 /// the ready line, as for a full or gone log): the heal's warning must not break the put.
 /// The re-upload over a truncated copy is a 200 `duplicate: false`, and a third upload of
-/// the same bytes a 200 `duplicate: true` within 10 s. Ignored: today the warning's
-/// `eprintln!` in `Store::plan` panics after `claim_damaged` took the hash and before the
-/// rollback knows the claim; the put answers 500 and the hash stays claimed, so the third
-/// upload waits forever. Run with `-- --ignored` once that is fixed, then drop the ignore.
+/// the same bytes a 200 `duplicate: true` within 10 s. Before log lines ignored a failing
+/// stderr, the warning's `eprintln!` in `Store::plan` panicked after `claim_damaged` took
+/// the hash: the put answered 500 and the hash stayed claimed, so the third upload waited
+/// forever.
 #[test]
-#[ignore = "bug: Store::plan's heal warning panics on an unwritable stderr, leaking the claim"]
 fn dedup_heal_survives_an_unwritable_stderr() {
     let daemon = Daemon::builder().close_stderr_after_ready().start();
     let file = TestFile::new(MediaKind::Webp, 6000, 132);
