@@ -31,7 +31,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
@@ -199,17 +199,14 @@ enum Wake {
     Stop,
 }
 
-fn next_wake(shared: &Shared) -> Wake {
+fn next_wake(shared: &Shared, timeout: Duration) -> Wake {
     let mut waiters = shared.waiters.lock().unwrap_or_else(|p| p.into_inner());
     if waiters.pending.is_empty() && !waiters.stopping {
-        let (guard, timeout) = shared
+        let (guard, _) = shared
             .wake
-            .wait_timeout(waiters, IDLE_SYNC_INTERVAL)
+            .wait_timeout(waiters, timeout)
             .unwrap_or_else(|p| p.into_inner());
         waiters = guard;
-        if timeout.timed_out() && waiters.pending.is_empty() && !waiters.stopping {
-            return Wake::Idle;
-        }
     }
     if waiters.pending.is_empty() {
         return if waiters.stopping {
@@ -221,26 +218,75 @@ fn next_wake(shared: &Shared) -> Wake {
     Wake::Batch(std::mem::take(&mut waiters.pending))
 }
 
+/// The marker is rewritten at most this often: each rewrite dirties a page that the next
+/// sync round must write too, so under load it is refreshed every few rounds, not every
+/// one (it may lag a little more; it never leads, which is what correctness needs).
+const MARKER_INTERVAL: Duration = Duration::from_millis(50);
+
+/// The sync thread's own state between rounds.
+struct Rounds {
+    last_synced: Option<SyncPoint>,
+    last_sync_at: Instant,
+    /// A completed point not yet written to the marker.
+    unrecorded: Option<SyncPoint>,
+    marker_written_at: Instant,
+    /// The marker was written and not yet made durable by a sync or a flush.
+    marker_dirty: bool,
+}
+
+impl Rounds {
+    fn wait_for(&self) -> Duration {
+        if self.unrecorded.is_some() || self.marker_dirty {
+            MARKER_INTERVAL
+        } else {
+            IDLE_SYNC_INTERVAL
+        }
+    }
+
+    fn record(&mut self, journal: &Journal, point: SyncPoint) {
+        if let Err(error) = journal.record_synced(point) {
+            fail_stop(&error);
+        }
+        self.marker_written_at = Instant::now();
+        self.marker_dirty = true;
+        self.unrecorded = None;
+    }
+
+    /// Idle work: write a pending marker, or flush a written one, or (once a second, when
+    /// the journal moved) ask for a background sync round (`true`).
+    fn idle(&mut self, journal: &Journal) -> bool {
+        if let Some(point) = self.unrecorded {
+            self.record(journal, point);
+            return false;
+        }
+        let moved = self.last_synced != Some(journal.sync_point());
+        if moved && self.last_sync_at.elapsed() >= IDLE_SYNC_INTERVAL {
+            return true;
+        }
+        if self.marker_dirty && self.marker_written_at.elapsed() >= MARKER_INTERVAL {
+            if let Err(error) = journal.flush_marker() {
+                fail_stop(&error);
+            }
+            self.marker_dirty = false;
+        }
+        false
+    }
+}
+
 fn sync_loop(shared: &Shared, targets: &[File], journal: &Journal) {
-    let mut last_synced: Option<SyncPoint> = None;
-    let mut marker_dirty = false;
+    let mut rounds = Rounds {
+        last_synced: None,
+        last_sync_at: Instant::now(),
+        unrecorded: None,
+        marker_written_at: Instant::now() - MARKER_INTERVAL,
+        marker_dirty: false,
+    };
     loop {
-        let batch = match next_wake(shared) {
+        let batch = match next_wake(shared, rounds.wait_for()) {
             Wake::Stop => return,
             Wake::Batch(batch) => batch,
-            Wake::Idle => {
-                let moved = last_synced != Some(journal.sync_point());
-                if !moved {
-                    if marker_dirty {
-                        if let Err(e) = journal.flush_marker() {
-                            fail_stop(&e);
-                        }
-                        marker_dirty = false;
-                    }
-                    continue;
-                }
-                Vec::new()
-            }
+            Wake::Idle if rounds.idle(journal) => Vec::new(),
+            Wake::Idle => continue,
         };
         let point = journal.sync_point();
         if let Err(error) = sync_all_checked(targets) {
@@ -248,12 +294,15 @@ fn sync_loop(shared: &Shared, targets: &[File], journal: &Journal) {
             std::mem::forget(batch);
             fail_stop(&error);
         }
-        if let Err(error) = journal.record_synced(point) {
-            std::mem::forget(batch);
-            fail_stop(&error);
+        rounds.last_synced = Some(point);
+        rounds.last_sync_at = Instant::now();
+        // A sync round makes the marker written before it durable.
+        rounds.marker_dirty = false;
+        if rounds.marker_written_at.elapsed() >= MARKER_INTERVAL {
+            rounds.record(journal, point);
+        } else {
+            rounds.unrecorded = Some(point);
         }
-        last_synced = Some(point);
-        marker_dirty = true;
         shared.batches_total.fetch_add(1, Ordering::Relaxed);
         for waiter in batch {
             let _ = waiter.send(());

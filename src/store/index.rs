@@ -553,6 +553,54 @@ mod tests {
         });
     }
 
+    /// A delete waits for the lease of a duplicate upload (the upload still answers with
+    /// a live file), and a claim after `begin_delete` waits instead of taking a new lease.
+    #[test]
+    fn delete_waits_for_the_leases_of_duplicates() {
+        let index = Arc::new(Index::new());
+        let hash = [5u8; 32];
+        let record = FileRecord {
+            path: "storage/other/bin/050505050505_x.bin".into(),
+            mime_type: "application/octet-stream".into(),
+            media_type: "other".into(),
+            category: "other/bin".into(),
+            hash: "05".repeat(32),
+            size: 1,
+            original_name: "x.bin".into(),
+            comment: String::new(),
+            uploaded_at: "2026-01-01T00:00:00Z".into(),
+        };
+        block_on(async {
+            assert!(matches!(index.claim(&hash).await, Claim::Claimed));
+            index.publish(&hash, &record);
+            let Claim::Existing(_, lease) = index.claim(&hash).await else {
+                panic!("the stored hash must be a duplicate");
+            };
+            assert!(index.begin_delete(&hash).is_some());
+            let deleter = {
+                let index = index.clone();
+                tokio::spawn(async move { index.wait_unleased(&hash).await })
+            };
+            let claimer = {
+                let index = index.clone();
+                tokio::spawn(async move { matches!(index.claim(&hash).await, Claim::Claimed) })
+            };
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            assert!(!deleter.is_finished(), "the delete must wait for the lease");
+            assert!(!claimer.is_finished(), "a claim must wait for the delete");
+            drop(lease);
+            assert!(
+                deleter.await.unwrap(),
+                "the delete goes on once the lease is gone"
+            );
+            index.abandon(&hash);
+            assert!(
+                claimer.await.unwrap(),
+                "after the delete the content is new again"
+            );
+        });
+    }
+
     #[test]
     fn hash_hex_parsing() {
         assert_eq!(parse_hash(&"ab".repeat(32)), Some([0xab; 32]));

@@ -306,9 +306,12 @@ impl Store {
 
     /// A stored copy is usable for dedup when it is a regular file of the recorded size.
     /// One `lstat` (the inode is cached for recently stored files); a blocking call on the
-    /// core, as for renames.
+    /// core, as for renames. A plain `lstat`, not an `openat2` beneath `storage/` (open,
+    /// fstat, close: three syscalls per duplicate on the hot path): a link planted
+    /// on the way can at worst make a missing copy look present, and reads of it refuse the
+    /// link anyway.
     fn copy_intact(&self, file: &StoredFile) -> bool {
-        match super::beneath::metadata_beneath(&self.storage_root, &below_storage(&file.path())) {
+        match std::fs::symlink_metadata(self.absolute(&file.path())) {
             Ok(meta) => meta.file_type().is_file() && meta.len() == file.size,
             Err(_) => false,
         }
