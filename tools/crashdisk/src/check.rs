@@ -9,12 +9,16 @@
 //! - with `none` durability, lost acknowledged uploads and returned deletes are counted,
 //!   not failed (the contract allows them); corruption still fails.
 //! - strays (files under `storage/` that no served record names) and `.tmp` leftovers are
-//!   counted; they fail only with `--strays-fail` (issue 8 makes them fail by default).
+//!   counted; they fail only with `--strays-fail` (issue 8 makes them fail by default);
+//! - once the daemon is stopped, `rhinobox verify` on the data dir exits 0 (every record's
+//!   file there with its hash, no stray, no damaged journal line): [`verify`].
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::time::Duration;
 
+use crate::daemon;
 use crate::http;
 use crate::load::Ledger;
 
@@ -199,4 +203,123 @@ fn count_strays(ledger: &Ledger, data_dir: &Path, f: &mut Findings) {
         }
     }
     f.tmp_leftovers = tmp_leftovers(data_dir);
+}
+
+/// A verify of a few thousand files takes well under a second; this bound is for a hang.
+const VERIFY_LIMIT: Duration = Duration::from_secs(60);
+/// Finding lines of a failed verify quoted in its violation.
+const VERIFY_LINES_SHOWN: usize = 8;
+
+/// The outcome of `rhinobox verify` on a stopped daemon's data dir.
+pub struct Verified {
+    /// Why it is a violation (without the state's tag); `None` when it exited 0.
+    pub violation: Option<String>,
+    pub seconds: f64,
+}
+
+/// Runs `BINARY verify --data-dir DATA_DIR` (the daemon stopped) and judges it: exit 0 is
+/// clean; exit 1 is a violation quoting its first finding lines (`tmp` and `note:` lines
+/// are informative, not findings) and its summary, each with what the ledger says of the
+/// item its path names (`present`: served right by the checks just before); exit 2 (could
+/// not run), a signal or the time limit is a violation quoting stderr. `scratch` names its
+/// output files.
+pub fn verify(
+    binary: &Path,
+    data_dir: &Path,
+    scratch: &Path,
+    ledger: &Ledger,
+    present: &[bool],
+) -> Verified {
+    let run = match daemon::verify(binary, data_dir, scratch, VERIFY_LIMIT) {
+        Ok(run) => run,
+        Err(e) => {
+            return Verified {
+                violation: Some(e),
+                seconds: VERIFY_LIMIT.as_secs_f64(),
+            };
+        }
+    };
+    let seconds = run.elapsed.as_secs_f64();
+    let violation = match run.code {
+        Some(0) => None,
+        Some(1) => {
+            let findings: Vec<&str> = run
+                .stdout
+                .lines()
+                .filter(|l| {
+                    !(l.starts_with("tmp ") || l.starts_with("note:") || l.starts_with("summary:"))
+                })
+                .collect();
+            let summary = run
+                .stdout
+                .lines()
+                .rev()
+                .find(|l| l.starts_with("summary:"))
+                .unwrap_or("no summary line");
+            let mut text = format!("rhinobox verify found problems (exit 1): {summary}");
+            for line in findings.iter().take(VERIFY_LINES_SHOWN) {
+                text.push_str("\n      ");
+                text.push_str(line);
+                text.push_str(&ledger_note(line, ledger, present));
+            }
+            if findings.len() > VERIFY_LINES_SHOWN {
+                text.push_str(&format!(
+                    "\n      … and {} more finding lines",
+                    findings.len() - VERIFY_LINES_SHOWN
+                ));
+            }
+            Some(text)
+        }
+        Some(2) => Some(format!(
+            "rhinobox verify could not run (exit 2): {}",
+            daemon::tail(run.stderr.trim(), 1500)
+        )),
+        other => Some(format!(
+            "rhinobox verify ended with {}; stdout:\n{}\nstderr:\n{}",
+            other.map_or("a signal".to_string(), |c| format!("exit {c}")),
+            daemon::tail(&run.stdout, 1000),
+            daemon::tail(&run.stderr, 1000)
+        )),
+    };
+    Verified { violation, seconds }
+}
+
+/// ` [item N: put acked, delete acked, served before the stop: no]` for a finding line
+/// whose path is a stored name the load made (`<hash12>_f<N>_<copy>.<ext>`); empty if not.
+fn ledger_note(line: &str, ledger: &Ledger, present: &[bool]) -> String {
+    let Some(path) = line.split_whitespace().nth(1) else {
+        return String::new();
+    };
+    let file = path.rsplit('/').next().unwrap_or(path);
+    let mut parts = file.split('_');
+    let (Some(hash12), Some(item)) = (parts.next(), parts.next()) else {
+        return String::new();
+    };
+    let Some(index) = item
+        .strip_prefix('f')
+        .and_then(|n| n.parse::<usize>().ok())
+        .filter(|&i| i < ledger.items.len() && ledger.items[i].hash.is_some())
+    else {
+        return String::new();
+    };
+    if !ledger.hex(index).starts_with(hash12) {
+        return String::new();
+    }
+    let state = &ledger.state[index];
+    let put = match (state.put_sent, state.put_acked) {
+        (_, true) => "put acked",
+        (true, false) => "put unanswered",
+        (false, false) => "put not sent",
+    };
+    let delete = match (state.delete_sent, state.delete_acked) {
+        (_, true) => "delete acked",
+        (true, false) => "delete unanswered",
+        (false, false) => "no delete sent",
+    };
+    let served = if present.get(index) == Some(&true) {
+        "yes"
+    } else {
+        "no"
+    };
+    format!(" [item {index}: {put}, {delete}, served before the stop: {served}]")
 }

@@ -102,3 +102,60 @@ pub fn tail(text: &str, bytes: usize) -> &str {
     }
     &text[from..]
 }
+
+/// What `rhinobox verify` printed and how it ended.
+pub struct VerifyRun {
+    /// The exit code; `None` when killed by a signal.
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    pub elapsed: Duration,
+}
+
+/// Runs `BIN verify --data-dir DIR` (the daemon must be stopped: verify takes the data dir
+/// lock) within `limit`; Err when it cannot be spawned or runs past the limit (then killed).
+pub fn verify(
+    binary: &Path,
+    data_dir: &Path,
+    scratch: &Path,
+    limit: Duration,
+) -> Result<VerifyRun> {
+    let (out_path, err_path) = (
+        scratch.with_extension("verify.out"),
+        scratch.with_extension("verify.err"),
+    );
+    let out = File::create(&out_path).map_err(|e| format!("{}: {e}", out_path.display()))?;
+    let err = File::create(&err_path).map_err(|e| format!("{}: {e}", err_path.display()))?;
+    let mut command = Command::new(binary);
+    for (key, _) in std::env::vars() {
+        if key.starts_with("RHINOBOX_") {
+            command.env_remove(key);
+        }
+    }
+    let started = std::time::Instant::now();
+    let mut child = command
+        .arg("verify")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .map_err(|e| format!("{} verify: {e}", binary.display()))?;
+    let status = sys::wait_limited(&mut child, limit);
+    let elapsed = started.elapsed();
+    let run = VerifyRun {
+        code: status.as_ref().ok().and_then(|s| s.code()),
+        stdout: read_log(&out_path),
+        stderr: read_log(&err_path),
+        elapsed,
+    };
+    status.map_err(|e| {
+        format!(
+            "rhinobox verify: {e}; stdout:\n{}\nstderr:\n{}",
+            tail(&run.stdout, 1000),
+            tail(&run.stderr, 1000)
+        )
+    })?;
+    Ok(run)
+}

@@ -5,7 +5,8 @@
 //!   → mount → start the daemon → load → after a seeded delay, with the ledger locked, cut
 //!   power (all unflushed blocks lost, or a seeded subset kept) → kill -9 → unmount, detach,
 //!   stop the FUSE server → mount the durable image (journal replay) → unmount → fsck -n →
-//!   mount → start the daemon → check (see check.rs) → stop, unmount.
+//!   mount → start the daemon → check (see check.rs) → stop (SIGTERM) → `rhinobox verify`
+//!   → unmount.
 //! Replay one state: `crashdisk powerloss --fs FS --seed S --states 1` (same engine and
 //! durability flags). The seed fixes the contents, the schedule, the delay and the subset;
 //! thread interleaving and the kernel's timing are not replayable, so a rare failure may
@@ -132,6 +133,11 @@ pub struct Summary {
     pub tmp_leftovers_after: usize,
     pub torn_tails: usize,
     pub fsck_failures: usize,
+    /// `rhinobox verify` runs on a stopped daemon's data dir, those that did not exit 0,
+    /// and their total time.
+    pub verify_runs: usize,
+    pub verify_failures: usize,
+    pub verify_seconds: f64,
 }
 
 impl Summary {
@@ -139,7 +145,8 @@ impl Summary {
         format!(
             "{what}: {} runs, {} violations; acked uploads present {}, acked deletes gone {}, \
              lost/returned allowed (none) {}/{}, strays {}, .tmp leftovers before/after restart \
-             {}/{}, torn journal tails {}, fsck failures {}",
+             {}/{}, torn journal tails {}, fsck failures {}, verify runs/failures {}/{} \
+             ({:.1} s)",
             self.runs,
             self.violations.len(),
             self.acked_checked,
@@ -150,7 +157,10 @@ impl Summary {
             self.tmp_leftovers_before,
             self.tmp_leftovers_after,
             self.torn_tails,
-            self.fsck_failures
+            self.fsck_failures,
+            self.verify_runs,
+            self.verify_failures,
+            self.verify_seconds
         )
     }
 
@@ -171,6 +181,45 @@ impl Summary {
             ));
         }
     }
+}
+
+/// Stops the daemon at `slot` (SIGTERM, at most `STOP_LIMIT`, then SIGKILL), runs
+/// `rhinobox verify` on `data_dir` and counts it in `summary` (a failure also as a tagged
+/// violation). Returns the words for the state's line and the untagged violation, if any.
+/// `scratch` names verify's output files (`SCRATCH.verify.out`, `.verify.err`).
+#[allow(clippy::too_many_arguments)]
+fn stop_and_verify(
+    cleanup: &mut Cleanup,
+    slot: usize,
+    binary: &Path,
+    data_dir: &Path,
+    scratch: &Path,
+    ledger: &Ledger,
+    present: &[bool],
+    summary: &mut Summary,
+    tag: &str,
+) -> (String, Option<String>) {
+    let stop = match cleanup.child(slot).map(|c| sys::terminate(c, STOP_LIMIT)) {
+        Some(Some(status)) if !status.success() => format!("stopped with {status}, "),
+        Some(None) => format!("not stopped {STOP_LIMIT:?} after SIGTERM (killed), "),
+        _ => String::new(),
+    };
+    let verified = check::verify(binary, data_dir, scratch, ledger, present);
+    summary.verify_runs += 1;
+    summary.verify_seconds += verified.seconds;
+    let verdict = if verified.violation.is_some() {
+        "FAILED"
+    } else {
+        "clean"
+    };
+    if let Some(text) = &verified.violation {
+        summary.verify_failures += 1;
+        summary.violations.push(format!("{tag}: {text}"));
+    }
+    (
+        format!("{stop}verify {verdict} ({:.2} s)", verified.seconds),
+        verified.violation,
+    )
 }
 
 fn path_str(p: &Path) -> String {
@@ -471,6 +520,19 @@ fn one_state(
         }
         f
     };
+    // The checks done, the daemon stops cleanly and the offline audit must find nothing.
+    let (words, verify_violation) = stop_and_verify(
+        &mut cleanup,
+        running.slot,
+        &spec.binary,
+        &data_dir,
+        &dir.join("daemon-after"),
+        &ledger.lock().unwrap_or_else(|p| p.into_inner()),
+        &findings.present,
+        summary,
+        tag,
+    );
+    let _ = write!(report, "; {words}");
     if opts.verbose {
         let keep: Vec<&str> = counters
             .lines()
@@ -480,12 +542,11 @@ fn one_state(
             .collect();
         let _ = write!(report, " | disk: {}", keep.join(", "));
     }
-    let failed = !findings.violations.is_empty();
     summary.add(&findings, opts.strays_fail, tag);
-    report.push_str(&violation_lines(&findings.violations));
-    if let Some(child) = cleanup.child(running.slot) {
-        sys::terminate(child, STOP_LIMIT);
-    }
+    let mut shown = findings.violations.clone();
+    shown.extend(verify_violation);
+    let failed = !shown.is_empty();
+    report.push_str(&violation_lines(&shown));
     cleanup.unwind_to(0)?;
     if failed {
         keep_failed(opts, &image, tag);
@@ -535,8 +596,9 @@ fn keep_failed(opts: &Options, image: &Path, tag: &str) {
     }
 }
 
-/// The sled-style loop: one data dir, `iterations` × (start, load, kill -9 at a random
-/// instant, restart, check everything acknowledged so far).
+/// The sled-style loop: one data dir, `iterations` × (start, check everything acknowledged
+/// so far, stop (SIGTERM), `rhinobox verify`, start again, load, kill -9 at a random
+/// instant); a final start checks and verifies the last kill.
 pub fn killloop(opts: &Options, seed: u64, iterations: usize) -> Result<Summary> {
     let dir = opts.work.join("killloop");
     let _ = std::fs::remove_dir_all(&dir);
@@ -569,13 +631,38 @@ pub fn killloop(opts: &Options, seed: u64, iterations: usize) -> Result<Summary>
         let torn = torn_tail_in(&log);
         summary.torn_tails += torn as usize;
         // Check what the previous iterations left (the first start has nothing to check).
-        let findings = {
-            let mut l = ledger.lock().unwrap_or_else(|p| p.into_inner());
-            let f = check::check(&l, running.addr, &data_dir, spec.durability == "batch");
-            l.resume(&f.present);
-            f
-        };
+        let mut l = ledger.lock().unwrap_or_else(|p| p.into_inner());
+        let findings = check::check(&l, running.addr, &data_dir, spec.durability == "batch");
+        l.resume(&findings.present);
         summary.add(&findings, opts.strays_fail, &tag);
+        // Verify needs the data dir lock: stop the daemon, verify, start it again for the load.
+        let (verify_words, verify_violation) = stop_and_verify(
+            &mut cleanup,
+            running.slot,
+            &spec.binary,
+            &data_dir,
+            &dir.join(format!("daemon-{k}")),
+            &l,
+            &findings.present,
+            &mut summary,
+            &tag,
+        );
+        drop(l);
+        let mut shown = findings.violations.clone();
+        shown.extend(verify_violation);
+        cleanup.unwind_to(running.slot)?;
+        let log = dir.join(format!("daemon-{k}-load.log"));
+        let running = match daemon::start(spec, &data_dir, &log, &mut cleanup) {
+            Ok(r) => r,
+            Err(e) => {
+                sys::check_interrupted()?;
+                let v = format!("daemon does not start again after verify: {e}");
+                summary.violations.push(format!("{tag}: {v}"));
+                shown.push(v);
+                println!("{tag}: {verify_words}{}", violation_lines(&shown));
+                break;
+            }
+        };
         let workers =
             load::start_workers(ledger.clone(), running.addr, rng.next_u64(), opts.workers);
         std::thread::sleep(delay);
@@ -596,7 +683,7 @@ pub fn killloop(opts: &Options, seed: u64, iterations: usize) -> Result<Summary>
         let l = ledger.lock().unwrap_or_else(|p| p.into_inner());
         println!(
             "{tag}: killed after {} ms; checked {} (acked present {}, deletes gone {}), \
-             strays {}, tmp before/after restart {}/{}, torn tail at start {}{}",
+             strays {}, tmp before/after restart {}/{}, torn tail at start {}; {}{}",
             delay.as_millis(),
             findings.checked,
             findings.acked_present,
@@ -605,7 +692,8 @@ pub fn killloop(opts: &Options, seed: u64, iterations: usize) -> Result<Summary>
             tmp,
             findings.tmp_leftovers,
             torn,
-            violation_lines(&findings.violations)
+            verify_words,
+            violation_lines(&shown)
         );
         drop(l);
     }
@@ -618,20 +706,31 @@ pub fn killloop(opts: &Options, seed: u64, iterations: usize) -> Result<Summary>
             summary.torn_tails += torn_tail_in(&log) as usize;
             let l = ledger.lock().unwrap_or_else(|p| p.into_inner());
             let f = check::check(&l, running.addr, &data_dir, spec.durability == "batch");
+            summary.add(&f, opts.strays_fail, &tag);
+            // Strays accumulate in one data dir: the last count is the total, not the sum.
+            summary.strays = f.strays;
+            let (words, verify_violation) = stop_and_verify(
+                &mut cleanup,
+                running.slot,
+                &spec.binary,
+                &data_dir,
+                &dir.join("daemon-final"),
+                &l,
+                &f.present,
+                &mut summary,
+                &tag,
+            );
+            drop(l);
+            let mut shown = f.violations.clone();
+            shown.extend(verify_violation);
             println!(
-                "{tag}: checked {} (acked present {}, deletes gone {}), strays {}{}",
+                "{tag}: checked {} (acked present {}, deletes gone {}), strays {}; {words}{}",
                 f.checked,
                 f.acked_present,
                 f.acked_deletes_gone,
                 f.strays,
-                violation_lines(&f.violations)
+                violation_lines(&shown)
             );
-            summary.add(&f, opts.strays_fail, &tag);
-            // Strays accumulate in one data dir: the last count is the total, not the sum.
-            summary.strays = f.strays;
-            if let Some(child) = cleanup.child(running.slot) {
-                sys::terminate(child, STOP_LIMIT);
-            }
         }
         Err(e) => summary
             .violations
