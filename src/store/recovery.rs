@@ -119,11 +119,11 @@ pub fn recover(
         in_flight_checked: logged.len(),
         ..OpenReport::default()
     };
-    let repairs = recheck(layout.storage_root, index, &logged, &mut report)
+    let mut repairs = recheck(layout.storage_root, index, &logged, &mut report)
         .map_err(|e| OpenError(format!("cannot clean up after the last run: {e}")))?;
     if durability == Durability::None && unclean {
         let storage = layout.data_dir.join("storage");
-        walk_for_strays(&storage, index, &mut report)
+        walk_for_strays(&storage, index, &mut report, &mut repairs)
             .map_err(|e| OpenError(format!("cannot look for stray files: {e}")))?;
     }
     if !repairs.is_empty() {
@@ -291,8 +291,18 @@ fn content_matches(root: &File, relative: &Path, size: u64, hash: &[u8; 32]) -> 
 /// Durability `none` after a stop that was not clean: renames may have reached the disk
 /// while the intents logged before them did not (nothing orders two files without a
 /// sync), so the in-flight re-check cannot see every stray. Walks all of `storage/`
-/// (cost: the files stored) and removes every file no record names.
-fn walk_for_strays(root: &Path, index: &Index, report: &mut OpenReport) -> io::Result<()> {
+/// (cost: the files stored) and removes every file no record names. The same holds for a
+/// delete: its unlink can reach the disk while its line does not, leaving a record older
+/// than the marker without a file; so every record whose file the walk did not find (of
+/// its size) is deleted too, its `delete` line appended to `lines`.
+fn walk_for_strays(
+    root: &Path,
+    index: &Index,
+    report: &mut OpenReport,
+    lines: &mut Vec<u8>,
+) -> io::Result<()> {
+    let mut present: std::collections::HashSet<[u8; 32]> =
+        std::collections::HashSet::with_capacity(index.len());
     let mut pending: Vec<(PathBuf, String)> = vec![(root.to_path_buf(), "storage".into())];
     while let Some((dir, record_dir)) = pending.pop() {
         for entry in std::fs::read_dir(&dir)? {
@@ -304,9 +314,14 @@ fn walk_for_strays(root: &Path, index: &Index, report: &mut OpenReport) -> io::R
             }
             let record_path = format!("{record_dir}/{name}");
             let kind = entry.file_type()?;
+            let indexed = index.get_by_path(&record_path);
             if kind.is_dir() {
                 pending.push((entry.path(), record_path));
-            } else if index.get_by_path(&record_path).is_none() {
+            } else if let Some(file) = indexed {
+                if kind.is_file() && entry.metadata()?.len() == file.size {
+                    present.insert(file.hash);
+                }
+            } else {
                 remove_present_path(&entry.path())?;
                 crate::log_line!(
                     "rhinobox: warning: removed stray file {record_path} (durability none, \
@@ -315,6 +330,29 @@ fn walk_for_strays(root: &Path, index: &Index, report: &mut OpenReport) -> io::R
                 report.strays_removed += 1;
             }
         }
+    }
+    let mut lost = Vec::new();
+    index.for_each_oldest_first(|file| {
+        if !present.contains(&file.hash) {
+            lost.push(file.clone());
+        }
+    });
+    for file in lost {
+        let path = file.path();
+        crate::log_line!(
+            "rhinobox: warning: {path} is missing, or not the {} bytes recorded (durability \
+             none, unclean stop); its record is deleted",
+            file.size
+        );
+        let entry = JournalEntry::Delete {
+            hash: file.hash_hex(),
+            path: path.clone(),
+            deleted_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        };
+        encode_line(&entry, lines);
+        index.remove(&file.hash);
+        remove_present_path(&root.join(below_storage(&path)))?;
+        report.records_lost += 1;
     }
     Ok(())
 }
