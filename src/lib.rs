@@ -13,6 +13,7 @@
 //!   compaction, group commit (durability); [`store::audit`] is the offline
 //!   `rhinobox verify` / `rhinobox repair`.
 //! - [`api`]: errors as JSON, read/manage endpoints, metrics.
+//! - [`web`]: the web page at `/` (embedded HTML, CSS, JavaScript on the public API).
 //! - [`client`]: a small blocking HTTP/1.1 client, multipart encoder and media payload
 //!   generator shared by the benchmark harness and the integration tests.
 
@@ -34,3 +35,4 @@ pub mod config;
 pub mod ingest;
 pub mod server;
 pub mod store;
+pub mod web;

@@ -1127,3 +1127,56 @@ fn concurrent_ranges_get_their_slices() {
     let whole = daemon.get(&format!("/files/download?hash={hash}"));
     assert_eq!(blake3_hex(&whole.body), hash);
 }
+
+/// The web page at `/` and its assets: served without the token even when one is set
+/// (a browser cannot send it on navigation), each with its type, a Content-Security-Policy
+/// that keeps every request on this host, and an ETag that revalidates to 304; HEAD has
+/// the headers only; another method is 405 with `Allow`; the API beside it still wants
+/// the token.
+#[test]
+fn web_page_is_served_without_token() {
+    let daemon = Daemon::builder()
+        .args(&["--api-token", "page-secret"])
+        .start();
+    let assets = [
+        ("/", "text/html"),
+        ("/index.html", "text/html"),
+        ("/assets/app.js", "text/javascript"),
+        ("/assets/app.css", "text/css"),
+        ("/assets/icon.svg", "image/svg+xml"),
+    ];
+    for (path, content_type) in assets {
+        let response = daemon.get(path);
+        assert_eq!(response.status, 200, "{path}");
+        assert!(
+            response
+                .header("content-type")
+                .unwrap()
+                .starts_with(content_type),
+            "{path}: {:?}",
+            response.header("content-type")
+        );
+        let csp = response.header("content-security-policy").unwrap();
+        assert!(csp.contains("default-src 'none'") && csp.contains("connect-src 'self'"));
+        assert!(!response.body.is_empty());
+        let etag = response.header("etag").unwrap().to_string();
+        let again = daemon.request("GET", path, &[("If-None-Match", &etag)], b"");
+        assert_eq!(again.status, 304, "{path}");
+        assert!(again.body.is_empty());
+        let head = daemon.request("HEAD", path, &[], b"");
+        assert_eq!(head.status, 200);
+        assert!(head.body.is_empty());
+    }
+    let page = daemon.get("/").text();
+    assert!(page.contains("<input id=\"file-input\" type=\"file\" multiple"));
+    assert!(page.contains("type=\"password\""), "the token prompt");
+    let post = daemon.request("POST", "/", &[], b"");
+    assert_eq!(post.status, 405);
+    assert_eq!(post.header("allow"), Some("GET, HEAD"));
+    assert_eq!(daemon.get("/statistics").status, 401);
+    assert_eq!(
+        daemon.get("/assets/nope.js").status,
+        401,
+        "only the page is open"
+    );
+}

@@ -1,5 +1,5 @@
-//! Compatibility with real clients: curl, Python `requests` and a Chromium form submit
-//! (driven by playwright-core). Each checks the `original_name` the daemon stored, since
+//! Compatibility with real clients: curl and Python `requests` (a Chromium form submit is
+//! in tests/browser.rs, with the web page). Each checks the `original_name` the daemon stored, since
 //! every client encodes file names in multipart differently. A missing tool skips the
 //! test with a printed reason, except under `CI`, where it fails.
 
@@ -204,75 +204,4 @@ fn python_requests_upload() {
     assert_eq!(stored[1]["hash"], blake3_hex(&b_bytes).as_str());
     assert_eq!(stored[1]["mime_type"], "audio/x-wav");
     assert_eq!(stored[1]["comment"], "from python");
-}
-
-fn browser_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests")
-        .join("browser")
-}
-
-fn browser_available() -> bool {
-    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    tool_available("chromium", Command::new(&chromium).arg("--version"))
-        && tool_available("node", Command::new("node").arg("--version"))
-        && tool_available(
-            "playwright-core (npm ci in tests/browser)",
-            Command::new("node").current_dir(browser_dir()).args([
-                "-e",
-                "import('playwright-core').then(() => process.exit(0))",
-            ]),
-        )
-}
-
-/// A real browser form: an HTML page with `<form enctype=multipart/form-data
-/// method=post action=.../ingest/media>` and `<input type=file name=file multiple>` is
-/// opened from file:// in headless Chromium; two files (one with a UTF-8 name) are
-/// attached with setInputFiles and the form is submitted. The JSON reply lists both with
-/// their names as picked, their hashes and the comment typed into the form.
-#[test]
-fn browser_form_upload() {
-    if !browser_available() {
-        return;
-    }
-    let daemon = Daemon::start();
-    let dir = tempfile::tempdir().unwrap();
-    let (a, a_bytes) = write_file(dir.path(), "résumé photo.jpg", MediaKind::Jpeg, 10);
-    let (b, b_bytes) = write_file(dir.path(), "clip.mp4", MediaKind::Mp4, 11);
-    let page = dir.path().join("form.html");
-    let html = format!(
-        "<!doctype html><meta charset=utf-8><title>upload</title>\
-<form id=upload enctype=multipart/form-data method=post action=\"http://{}/ingest/media\">\
-<input type=file name=file multiple><input type=text name=comment value=\"from chromium\">\
-</form>",
-        daemon.addr
-    );
-    std::fs::write(&page, html).unwrap();
-    let output = Command::new("node")
-        .current_dir(browser_dir())
-        .args([
-            "upload.mjs",
-            page.to_str().unwrap(),
-            a.to_str().unwrap(),
-            b.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "node: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let reply: Value =
-        serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"));
-    let stored = reply["stored"]
-        .as_array()
-        .unwrap_or_else(|| panic!("{reply}"));
-    assert_eq!(stored.len(), 2, "{reply}");
-    assert_eq!(stored[0]["original_name"], "résumé photo.jpg");
-    assert_eq!(stored[0]["hash"], blake3_hex(&a_bytes).as_str());
-    assert_eq!(stored[1]["original_name"], "clip.mp4");
-    assert_eq!(stored[1]["hash"], blake3_hex(&b_bytes).as_str());
-    assert_eq!(stored[1]["comment"], "from chromium");
 }

@@ -165,6 +165,15 @@ async fn route(
     request: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
     let path = request.uri().path().to_string();
+    // The page and its assets need no token: a browser cannot send one on navigation.
+    if crate::web::is_page_path(&path) {
+        let if_none_match = request
+            .headers()
+            .get(header::IF_NONE_MATCH)
+            .and_then(|v| v.to_str().ok());
+        return Ok(crate::web::serve(request.method(), &path, if_none_match)
+            .expect("a page path is served"));
+    }
     if path != "/healthz" && !authorized(shared, &request) {
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,

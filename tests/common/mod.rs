@@ -564,11 +564,18 @@ fn collect_lines(
     thread::spawn(move || {
         for line in BufReader::new(stream).lines() {
             let Ok(line) = line else { break };
-            eprintln!("[daemon {tag}] {line}");
+            if ECHO_DAEMON_OUTPUT.load(std::sync::atomic::Ordering::Relaxed) {
+                eprintln!("[daemon {tag}] {line}");
+            }
             log.lock().unwrap().push(format!("{tag}: {line}"));
         }
     });
 }
+
+/// Whether the daemon's output lines are echoed to stderr as they come (libtest captures
+/// them and shows them for a failing test; a suite with its own harness turns this off).
+pub static ECHO_DAEMON_OUTPUT: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(true);
 
 /// Like [`collect_lines`] for stderr, but stops reading after the ready line and closes
 /// the pipe, so the daemon's later writes to stderr fail.
