@@ -246,6 +246,41 @@ fn page_upload_stores_files() {
     assert_eq!(daemon.get("/statistics").json()["files"], 3);
 }
 
+/// A batch the daemon refuses as a whole (one file over `--max-upload-mb`: 413 for the
+/// request) is sent again file by file: the small files are stored, only the large one
+/// fails, with the daemon's message in its row.
+fn page_upload_one_bad_file_fails_alone() {
+    let daemon = Daemon::builder().args(&["--max-upload-mb", "1"]).start();
+    let dir = tempfile::tempdir().unwrap();
+    let files = [
+        TestFile::named("small-a.jpg", MediaKind::Jpeg, 20_000, 31),
+        TestFile::named("too-big.mp4", MediaKind::Mp4, 1_500_000, 32),
+        TestFile::named("small-b.png", MediaKind::Png, 20_000, 33),
+    ];
+    let paths = write_files(dir.path(), &files);
+    let base = format!("http://{}", daemon.addr);
+    let mut args = vec!["upload", base.as_str()];
+    args.extend(paths.iter().map(String::as_str));
+    let reply = node("page.mjs", &args);
+    let rows = reply["rows"].as_array().unwrap();
+    let state_of = |name: &str| {
+        let row = rows.iter().find(|row| row["name"] == name).unwrap();
+        (row["state"].as_str().unwrap().to_string(), row["result"].to_string())
+    };
+    assert_eq!(state_of("small-a.jpg").0, "stored", "{reply}");
+    assert_eq!(state_of("small-b.png").0, "stored", "{reply}");
+    let (state, result) = state_of("too-big.mp4");
+    assert_eq!(state, "failed", "{reply}");
+    assert!(result.contains("exceeds the limit of 1 MiB"), "{result}");
+    assert_eq!(daemon.get("/statistics").json()["files"], 2);
+    assert_eq!(
+        daemon
+            .get(&format!("/files/download?hash={}", files[1].hash()))
+            .status,
+        404
+    );
+}
+
 /// The page over a store filled through the API: the listing is the API's newest-first
 /// order; the media-type filter shows only images; a bare category hint explains itself;
 /// typing a name searches (case-insensitively); the newest match's record opens by
@@ -407,8 +442,12 @@ fn browser_form_upload() {
     assert_eq!(stored[1]["comment"], "from chromium");
 }
 
-const TESTS: [(&str, fn()); 4] = [
+const TESTS: [(&str, fn()); 5] = [
     ("page_upload_stores_files", page_upload_stores_files),
+    (
+        "page_upload_one_bad_file_fails_alone",
+        page_upload_one_bad_file_fails_alone,
+    ),
     (
         "page_browse_search_download_delete",
         page_browse_search_download_delete,
