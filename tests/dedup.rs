@@ -6,7 +6,7 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 
 use common::*;
-use rhinobox::client::MediaKind;
+use rhinobox::client::{Connection, MediaKind};
 
 /// The same bytes twice in one request under two names: the first entry is new, the
 /// second is `duplicate: true` and points at the first one's path and name; one file on
@@ -100,4 +100,81 @@ fn concurrent_identical_uploads_store_one_copy() {
         stored_files(&daemon.data_dir)
     );
     assert_entry_matches(&daemon, &entries[0], &file);
+}
+
+/// Attaches strace to every thread of the daemon and delays each `syncfs` by `delay`, so
+/// a delete holds its place in the protocol (logged, not yet synced and unlinked) long
+/// enough for another request to arrive. Detaches when dropped.
+struct SlowSyncs(std::process::Child);
+
+impl SlowSyncs {
+    fn attach(daemon: &Daemon, delay: &str) -> SlowSyncs {
+        let child = std::process::Command::new("strace")
+            .args(["-f", "-qq", "-o", "/dev/null", "-e", "trace=syncfs", "-e"])
+            .arg(format!("inject=syncfs:delay_enter={delay}"))
+            .arg("-p")
+            .arg(daemon.pid().to_string())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("strace");
+        // strace attaches to the existing threads as it starts; give it that moment.
+        thread::sleep(std::time::Duration::from_millis(500));
+        SlowSyncs(child)
+    }
+}
+
+impl Drop for SlowSyncs {
+    fn drop(&mut self) {
+        // SIGTERM makes strace detach; the daemon goes on untraced.
+        // SAFETY: kill(2) on the strace child we spawned and have not reaped yet.
+        unsafe { libc::kill(self.0.id() as libc::pid_t, libc::SIGTERM) };
+        self.0.wait().ok();
+    }
+}
+
+/// An upload of content that a DELETE is removing at that moment (the delete's sync is
+/// held for a second by strace): the upload must not answer `duplicate: true` with the
+/// path the delete is about to unlink. It waits for the delete and stores its own copy,
+/// so once both have answered the content is stored and downloads with its bytes.
+#[test]
+fn upload_during_a_delete_of_the_same_content_stores_its_own_copy() {
+    if !tool_available("strace", std::process::Command::new("strace").arg("-V")) {
+        return;
+    }
+    let daemon = Daemon::start();
+    let file = TestFile::named("raced.jpg", MediaKind::Jpeg, 20_000, 4242);
+    daemon.upload_ok(std::slice::from_ref(&file));
+    let slow = SlowSyncs::attach(&daemon, "1s");
+    let hash = file.hash();
+    let delete = {
+        let addr = daemon.addr;
+        let hash = hash.clone();
+        thread::spawn(move || {
+            Connection::connect(addr)
+                .unwrap()
+                .request("DELETE", &format!("/files/{hash}"), &[], b"")
+                .unwrap()
+        })
+    };
+    // The delete is now waiting for its sync (a second); the upload arrives meanwhile.
+    thread::sleep(std::time::Duration::from_millis(300));
+    let again = TestFile {
+        name: "raced again.jpg".into(),
+        ..file.clone()
+    };
+    let entry = daemon.upload_ok(std::slice::from_ref(&again)).remove(0);
+    let deleted = delete.join().unwrap();
+    drop(slow);
+    assert_eq!(deleted.status, 200, "{}", deleted.text());
+    assert_eq!(
+        entry["duplicate"], false,
+        "the upload named a file being deleted: {entry}"
+    );
+    let download = daemon.get(&format!("/files/download?hash={hash}"));
+    assert_eq!(
+        download.status, 200,
+        "the upload's 200 named a file that is gone"
+    );
+    assert_eq!(download.body, file.bytes);
+    assert_stored_tree_consistent(&daemon.data_dir);
 }
