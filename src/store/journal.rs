@@ -358,12 +358,18 @@ fn decode_block(block: &[u8]) -> Vec<(usize, Option<EntryView<'_>>)> {
 
 /// Replays a journal from `reader`, calling `apply` with the byte offset and the entry of
 /// each valid record in order. Returns what it found and the length of the valid prefix
-/// (where a torn tail starts).
+/// (where a torn tail starts). `len_hint` (the journal's size, when known) only sizes the
+/// read block: a small journal does not pay for zeroing an 8 MiB block.
 pub fn replay(
     reader: &mut impl Read,
     rule: TailRule,
+    len_hint: u64,
     mut apply: impl FnMut(u64, EntryView<'_>),
 ) -> Result<(Replay, u64), ReplayError> {
+    let block_bytes = usize::try_from(len_hint)
+        .unwrap_or(usize::MAX)
+        .saturating_add(1)
+        .clamp(4096, REPLAY_BLOCK_BYTES);
     let mut cursor = ReplayCursor {
         rule,
         line_number: 0,
@@ -372,11 +378,11 @@ pub fn replay(
         records: 0,
         valid_after_bad: 0,
     };
-    let mut block: Vec<u8> = Vec::with_capacity(REPLAY_BLOCK_BYTES + 4096);
+    let mut block: Vec<u8> = Vec::with_capacity(block_bytes + 4096);
     let mut eof = false;
     while !eof {
         let start = block.len();
-        block.resize(start + REPLAY_BLOCK_BYTES, 0);
+        block.resize(start + block_bytes, 0);
         let n = read_full(reader, &mut block[start..]).map_err(ReplayError::Io)?;
         block.truncate(start + n);
         eof = n == 0;
@@ -443,7 +449,7 @@ pub fn parse_with(
     rule: TailRule,
 ) -> Result<(Vec<JournalEntry>, Replay, u64), ReplayError> {
     let mut entries = Vec::new();
-    let (replay, valid_len) = replay(&mut &data[..], rule, |_, e| {
+    let (replay, valid_len) = replay(&mut &data[..], rule, data.len() as u64, |_, e| {
         entries.push(match e {
             EntryView::Put(record) => JournalEntry::Put(record.to_record()),
             EntryView::Delete { hash, path } => JournalEntry::Delete {
@@ -515,7 +521,9 @@ impl Journal {
             Some(point) => TailRule::SyncedUpTo(point.synced_len),
             None => TailRule::NoMarker,
         };
-        let (replay, valid_len) = replay(&mut std::io::BufReader::new(&file), rule, apply)?;
+        let len_hint = file.metadata().map(|m| m.len()).unwrap_or(u64::MAX);
+        let (replay, valid_len) =
+            replay(&mut std::io::BufReader::new(&file), rule, len_hint, apply)?;
         if replay.torn_tail_bytes > 0 {
             set_aside_tail(path, &file, valid_len).map_err(ReplayError::Io)?;
             file.set_len(valid_len).map_err(ReplayError::Io)?;
