@@ -265,7 +265,10 @@ fn page_upload_one_bad_file_fails_alone() {
     let rows = reply["rows"].as_array().unwrap();
     let state_of = |name: &str| {
         let row = rows.iter().find(|row| row["name"] == name).unwrap();
-        (row["state"].as_str().unwrap().to_string(), row["result"].to_string())
+        (
+            row["state"].as_str().unwrap().to_string(),
+            row["result"].to_string(),
+        )
     };
     assert_eq!(state_of("small-a.jpg").0, "stored", "{reply}");
     assert_eq!(state_of("small-b.png").0, "stored", "{reply}");
