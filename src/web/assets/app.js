@@ -132,6 +132,7 @@ function showApp(stats) {
 
 function uploadRow(file) {
   const progress = element('progress', { max: 1, value: 0 });
+  progress.setAttribute('aria-label', 'Upload of ' + (file.name || 'a file without name'));
   const result = element('span', { className: 'result', textContent: 'waiting' });
   const row = element('li', {}, [
     element('span', { className: 'name', textContent: file.name || '(no name)',
