@@ -33,7 +33,7 @@ const USAGE: &str = "usage:
   crashdisk powerloss --daemon BIN [--fs ext4|xfs|both] [--states N] [--seed S] [COMMON]
   crashdisk killloop  --daemon BIN [--iterations N] [--seed S] [COMMON]
   crashdisk probe     --daemon BIN [--fs ext4|xfs|both] [--work DIR]
-  crashdisk ci        --daemon BIN [--long] [--seed S] [COMMON]
+  crashdisk ci        --daemon BIN [--long] [--states N] [--iterations N] [--seed S] [COMMON]
 COMMON: [--engine uring|threads|both] [--durability batch|none] [--work DIR]
         [--strays-fail] [--verbose] [--workers N (default 4)]
         [--disk-latency-us WRITE,FLUSH (default 0,0)]
@@ -201,6 +201,9 @@ fn run(command: &str, args: &Args) -> Result<i32, String> {
             } else {
                 (20, 20)
             };
+            // --states / --iterations override the mode's sizes (CI trims its second pass).
+            let states = args.number("states", states as u64)? as usize;
+            let iterations = args.number("iterations", iterations as u64)? as usize;
             println!("ci: seed {seed}, {states} crash states per file system, {iterations} kills");
             for fs in [Fs::Ext4, Fs::Xfs] {
                 let s = scenario::powerloss(&opts, fs, seed, states)?;
