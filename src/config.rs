@@ -164,7 +164,7 @@ pub struct Limits {
     pub upload_size_bytes_max: u64,
     /// Parts in one multipart request (files + fields): bounds per-request bookkeeping.
     pub parts_per_request_max: usize,
-    /// Files in flight over all requests (SPEC §3 job slots).
+    /// Files in flight over all requests (job slots): a full queue pauses reading bodies.
     pub jobs_in_flight_max: usize,
     /// How long a file waits for a job slot before the request fails with 503.
     pub job_slot_wait_max: Duration,

@@ -1,4 +1,4 @@
-//! The read and manage API against the real daemon (SPEC §3 "Reading and managing",
+//! The read and manage API against the real daemon ("Reading and managing":
 //! /statistics, /metrics, bearer-token auth): download and stream with ranges and
 //! preconditions, path checks, metadata, delete, listing, search, statistics, metrics
 //! counters under concurrency, wrong methods, and the auth matrix on every endpoint.
@@ -72,7 +72,7 @@ fn hashes(body: &Value) -> Vec<String> {
         .collect()
 }
 
-/// A download by hash returns the exact bytes with every header SPEC §3 names.
+/// A download by hash returns the exact bytes with every header a download carries.
 #[test]
 fn download_by_hash_has_bytes_and_headers() {
     let daemon = Daemon::start();
@@ -418,7 +418,7 @@ fn assert_link_not_followed(daemon: &Daemon, entry: &Value, decoy: &[u8]) {
     );
 }
 
-/// Issue 8, `?hash=` through a planted directory link: the category directory of a stored
+/// `?hash=` through a planted directory link: the category directory of a stored
 /// file is replaced by a symbolic link to a directory outside the data dir that holds a
 /// file of the same name and size but other bytes. A download by hash must not serve them.
 #[test]
@@ -440,7 +440,7 @@ fn hash_download_does_not_follow_a_symlinked_category_directory() {
     assert_link_not_followed(&daemon, &entry, &decoy);
 }
 
-/// Issue 8, the stored file itself replaced by a symbolic link to a file of the same size
+/// The stored file itself replaced by a symbolic link to a file of the same size
 /// outside the data dir: never served by hash (404) or by path (400).
 #[test]
 fn hash_download_does_not_follow_a_stored_file_replaced_by_a_symlink() {

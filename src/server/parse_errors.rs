@@ -3,8 +3,8 @@
 //! When a request head cannot be parsed (a bad request line, conflicting Content-Length
 //! headers, a header line without a colon, a URL or head over the size limit, too many
 //! headers), hyper never calls our service: it writes `400`, `414` or `431` with an empty
-//! body and closes the connection, and offers no hook to shape that response. SPEC §3 wants
-//! every error as JSON, so [`JsonParseErrors`] sits between hyper and the socket and
+//! body and closes the connection, and offers no hook to shape that response. Every error
+//! of the API is JSON, so [`JsonParseErrors`] sits between hyper and the socket and
 //! replaces exactly that response — recognised as a write, while none of our own responses
 //! is in flight on the connection, of a whole head with status 400/414/431, `connection:
 //! close` and `content-length: 0` (our error responses always carry a JSON body) — by the
