@@ -873,12 +873,21 @@ fn metrics_count_concurrent_uploads_exactly() {
     assert!(text.contains("rhinobox_fsync_batches_total"), "{text}");
 }
 
-/// Wrong methods on the read and manage endpoints are 405 JSON with an Allow header.
+/// Wrong methods on every endpoint are 405 JSON with an Allow header that lists the
+/// methods the route takes (regression: `GET /ingest/media`, `/healthz`, `/stats`,
+/// `/metrics` and `/ingest/media/{name}` answered 405 without `Allow`).
 #[test]
 fn wrong_methods_are_405() {
     let daemon = Daemon::start();
     let hash = "ab".repeat(32);
     for (method, target, allow) in [
+        ("GET", "/ingest/media".to_string(), "POST"),
+        ("PUT", "/ingest/media".to_string(), "POST"),
+        ("GET", "/ingest/media/x.txt".to_string(), "PUT"),
+        ("POST", "/ingest/media/x.txt".to_string(), "PUT"),
+        ("POST", "/healthz".to_string(), "GET, HEAD"),
+        ("POST", "/stats".to_string(), "GET"),
+        ("DELETE", "/metrics".to_string(), "GET"),
         ("POST", "/files/download?hash=x".to_string(), "GET, HEAD"),
         ("DELETE", "/files/stream".to_string(), "GET, HEAD"),
         ("PUT", "/files/metadata".to_string(), "GET"),
@@ -894,9 +903,10 @@ fn wrong_methods_are_405() {
     }
 }
 
-/// Bearer-token auth on every endpoint: without a token or with a wrong one 401 JSON,
-/// with the right one the endpoint's own answer; /healthz is open; the token (given by
-/// flag or by env var) never appears in the daemon's output.
+/// Bearer-token auth on every endpoint: without a token or with a wrong one 401 JSON
+/// with `WWW-Authenticate: Bearer realm="rhinobox"`, with the right one the endpoint's own
+/// answer; /healthz is open; the token (given by flag or by env var) never appears in the
+/// daemon's output.
 #[test]
 fn auth_matrix_on_every_endpoint() {
     const TOKEN: &str = "tok-3f9a1c-very-secret";
@@ -943,6 +953,11 @@ fn auth_matrix_on_every_endpoint() {
                     auth.map(|a| ("Authorization", a)).into_iter().collect();
                 let response = daemon.request(method, target, &headers, body);
                 assert_eq!(response.status, 401, "{method} {target} with {auth:?}");
+                assert_eq!(
+                    response.header("www-authenticate"),
+                    Some("Bearer realm=\"rhinobox\""),
+                    "{method} {target}: a 401 names the Bearer scheme"
+                );
                 if *method != "HEAD" {
                     assert_json_error(&response, 401, None);
                 }

@@ -219,14 +219,10 @@ async fn route(
             manage::delete(ctx, &p["/files/".len()..]).await
         }
         (p, _) if p.starts_with("/files/") => Ok(method_not_allowed("DELETE")),
-        ("/healthz" | "/stats" | "/metrics" | "/ingest/media", _) => Err(ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method not allowed",
-        )),
-        (p, _) if p.starts_with("/ingest/media/") => Err(ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method not allowed",
-        )),
+        ("/healthz", _) => Ok(method_not_allowed("GET, HEAD")),
+        ("/stats" | "/metrics", _) => Ok(method_not_allowed("GET")),
+        ("/ingest/media", _) => Ok(method_not_allowed("POST")),
+        (p, _) if p.starts_with("/ingest/media/") => Ok(method_not_allowed("PUT")),
         _ => Err(ApiError::not_found(format!("no such endpoint: {path}"))),
     }
 }
