@@ -813,6 +813,78 @@ fn statistics_follow_uploads_duplicates_and_deletes() {
     assert!(stats["by_media_type"].get("documents").is_none(), "{stats}");
 }
 
+/// The gauges of /metrics beside the counters: `rhinobox_stored_files` and
+/// `rhinobox_stored_bytes` follow what is stored (as /statistics: duplicates add nothing,
+/// a delete subtracts), `rhinobox_free_bytes{dir="storage"|"metadata"}` is the room on
+/// each data file system (non-zero, at most its size), and `rhinobox_build_info` names
+/// the version, io engine and durability with the value 1. Each has # HELP and # TYPE.
+#[test]
+fn metrics_have_store_gauges_free_space_and_build_info() {
+    let daemon = Daemon::start();
+    assert_eq!(metric(&daemon, "rhinobox_stored_files"), 0);
+    let jpg = TestFile::new(MediaKind::Jpeg, 1000, 43);
+    let pdf = TestFile::new(MediaKind::Pdf, 3000, 44);
+    daemon.upload_ok(&[jpg.clone(), pdf.clone(), jpg.clone()]);
+    assert_eq!(metric(&daemon, "rhinobox_stored_files"), 2);
+    assert_eq!(metric(&daemon, "rhinobox_stored_bytes"), 4000);
+    let text = daemon.get("/metrics").text();
+    for name in [
+        "rhinobox_stored_files",
+        "rhinobox_stored_bytes",
+        "rhinobox_free_bytes",
+        "rhinobox_build_info",
+    ] {
+        assert!(
+            text.contains(&format!("# HELP {name} ")),
+            "no HELP of {name}:\n{text}"
+        );
+        assert!(
+            text.contains(&format!("# TYPE {name} gauge\n")),
+            "no TYPE of {name}:\n{text}"
+        );
+    }
+    let disk_bytes = {
+        let stats = file_system_size(&daemon.data_dir);
+        stats.0 * stats.1
+    };
+    for dir in ["storage", "metadata"] {
+        let prefix = format!("rhinobox_free_bytes{{dir=\"{dir}\"}} ");
+        let free: u64 = text
+            .lines()
+            .find_map(|line| line.strip_prefix(&prefix)?.parse().ok())
+            .unwrap_or_else(|| panic!("no {prefix}in:\n{text}"));
+        assert!(
+            free > 0 && free <= disk_bytes,
+            "{prefix}{free} of {disk_bytes}"
+        );
+    }
+    let build = format!(
+        "rhinobox_build_info{{version=\"{}\",io_engine=\"{}\",durability=\"batch\"}} 1\n",
+        env!("CARGO_PKG_VERSION"),
+        io_engine()
+    );
+    assert!(text.contains(&build), "no {build:?} in:\n{text}");
+    let deleted = call(&daemon, "DELETE", &format!("/files/{}", pdf.hash()), &[]);
+    assert_eq!(deleted.status, 200);
+    assert_eq!(metric(&daemon, "rhinobox_stored_files"), 1);
+    assert_eq!(metric(&daemon, "rhinobox_stored_bytes"), 1000);
+}
+
+/// (f_blocks, f_frsize) of the file system holding `path`: its size is their product.
+// The casts are no-ops here but not on 32-bit targets, whose counts are 32-bit.
+#[allow(clippy::unnecessary_cast)]
+fn file_system_size(path: &std::path::Path) -> (u64, u64) {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    let mut stats = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: a NUL-terminated path that outlives the call and room for one statvfs.
+    let rc = unsafe { libc::statvfs(path.as_ptr(), stats.as_mut_ptr()) };
+    assert_eq!(rc, 0, "statvfs: {}", std::io::Error::last_os_error());
+    // SAFETY: statvfs returned 0, so it filled the struct.
+    let stats = unsafe { stats.assume_init() };
+    (stats.f_blocks as u64, stats.f_frsize as u64)
+}
+
 /// Metrics under concurrency: N parallel uploads of distinct files raise
 /// `files_ingested_total` by exactly N and `bytes_ingested_total` by their bytes; the same
 /// N again raise only `duplicates_total`, by N; per-core queue depth is exposed.

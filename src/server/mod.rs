@@ -62,6 +62,14 @@ impl Shared {
         self.config.limits.jobs_in_flight_max - self.job_slots.available_permits()
     }
 
+    /// The io engine the cores run: `uring` or `threads`.
+    pub fn engine_name(&self) -> &'static str {
+        match self.engine {
+            EngineChoice::Uring => "uring",
+            EngineChoice::Threads => "threads",
+        }
+    }
+
     pub fn stats_json(&self) -> serde_json::Value {
         let per_core: Vec<_> = self
             .cores
@@ -77,7 +85,7 @@ impl Shared {
             })
             .collect();
         json!({
-            "io_engine": match self.engine { EngineChoice::Uring => "uring", EngineChoice::Threads => "threads" },
+            "io_engine": self.engine_name(),
             "durability": self.config.durability.as_str(),
             "cores": self.cores.len(),
             "queue_capacity": self.config.limits.jobs_in_flight_max,

@@ -295,6 +295,7 @@ fn metrics_response(shared: &Shared) -> Response<Body> {
         ));
     }
     shared.http_metrics.encode(&mut out);
+    crate::api::metrics::encode_store_gauges(&mut out, &shared.store, shared.engine_name());
     Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")
