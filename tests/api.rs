@@ -1084,14 +1084,68 @@ fn access_log_counts_download_bytes() {
         &format!("/files/download?hash={hash}"),
         &[],
     );
-    for wanted in [
-        "\"GET /files/download\" - 200 54321B in ",
-        "\"GET /files/stream\" - 206 100B in ",
-        "\"HEAD /files/download\" - 200 0B in ",
+    for (wanted, query) in [
+        ("\"GET /files/download\" - 200 54321B in ", "GET"),
+        ("\"GET /files/stream\" - 206 100B in ", "GET"),
+        ("\"HEAD /files/download\" - 200 0B in ", "HEAD"),
     ] {
-        let found = daemon.wait_for_line(Duration::from_secs(5), |line| line.contains(wanted));
-        assert!(found.is_some(), "no line with {wanted:?}");
+        let found = daemon.wait_for_line(Duration::from_secs(5), |line| {
+            line.contains(wanted) && line.starts_with("stderr: 127.0.0.1:")
+        });
+        let line = found.unwrap_or_else(|| panic!("no line with {wanted:?} ({query})"));
+        assert!(
+            line.ends_with(&format!("ms query=\"hash={hash}\"")),
+            "the query is not logged: {line}"
+        );
     }
+}
+
+/// What the client chose is logged escaped and bounded: a path holding a quote (which
+/// hyper lets through in paths), a query holding a backslash and non-ASCII bytes, and a
+/// query of 4,000 bytes each give one line whose fields cannot be forged, and the long one
+/// is cut with `…`.
+#[test]
+fn access_log_escapes_and_bounds_the_query() {
+    let daemon = Daemon::start();
+    for head in [
+        "GET /no\"such HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        "GET /healthz?x=a\\b\u{e9} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    ] {
+        let mut raw = TcpStream::connect(daemon.addr).unwrap();
+        raw.write_all(head.as_bytes()).unwrap();
+        let mut reply = Vec::new();
+        let _ = raw.read_to_end(&mut reply);
+    }
+    let quoted = daemon.wait_for_line(Duration::from_secs(5), |line| line.contains("/no\\\""));
+    let quoted = quoted.unwrap_or_else(|| panic!("no line for the quoted path"));
+    assert!(
+        quoted.contains(r#" "GET /no\"such" - 404 "#),
+        "quote not escaped: {quoted}"
+    );
+    let escaped = daemon.wait_for_line(Duration::from_secs(5), |line| {
+        line.contains("\"GET /healthz\"") && line.contains("query=")
+    });
+    let escaped = escaped.unwrap_or_else(|| panic!("no line for the escaped query"));
+    assert!(
+        escaped.ends_with(r#"query="x=a\\b\xc3\xa9""#),
+        "query not escaped: {escaped}"
+    );
+    let long = format!("/files/search?name={}", "a".repeat(4000));
+    assert_eq!(daemon.get(&long).status, 200);
+    let line = daemon
+        .wait_for_line(Duration::from_secs(5), |line| {
+            line.contains("\"GET /files/search\"")
+        })
+        .unwrap_or_else(|| panic!("no line for the long query"));
+    assert!(
+        line.ends_with("…\""),
+        "long query not marked as cut: {line}"
+    );
+    assert!(
+        line.len() < 1000,
+        "long query not bounded: {} bytes",
+        line.len()
+    );
 }
 
 /// A raw GET whose body is read slowly, piece by piece: returns the status, the headers

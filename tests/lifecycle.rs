@@ -326,7 +326,9 @@ fn second_daemon_on_same_data_dir_is_refused() {
     assert_eq!(daemon.get("/healthz").status, 200);
 }
 
-/// Every request is logged in one line `"POST /ingest/media" - 200 <N>B in <x>ms`.
+/// Every request is logged in one line `ADDR "METHOD PATH" - STATUS <N>B in <x>ms`, with
+/// ` query="..."` after it when the request had a query: ADDR is the client's address
+/// and port as the daemon saw them (regression: no address and no query were logged).
 #[test]
 fn access_log_line_format() {
     let daemon = Daemon::start();
@@ -336,7 +338,19 @@ fn access_log_line_format() {
             l.contains("\"POST /ingest/media\" - 200 ")
         })
         .unwrap_or_else(|| panic!("no access log line:\n{}", daemon.log_text()));
-    let rest = line.split("\"POST /ingest/media\" - 200 ").nth(1).unwrap();
+    let line = line.strip_prefix("stderr: ").unwrap();
+    let (peer, rest) = line
+        .split_once(" \"POST /ingest/media\" - 200 ")
+        .unwrap_or_else(|| panic!("format: {line}"));
+    let peer: std::net::SocketAddr = peer
+        .parse()
+        .unwrap_or_else(|_| panic!("no client address in front of {line}"));
+    assert_eq!(peer.ip(), daemon.addr.ip(), "{line}");
+    assert_ne!(
+        peer.port(),
+        daemon.addr.port(),
+        "the client's port, not ours: {line}"
+    );
     let (bytes, rest) = rest
         .split_once("B in ")
         .unwrap_or_else(|| panic!("format: {line}"));
@@ -347,11 +361,16 @@ fn access_log_line_format() {
     let millis = rest
         .trim_end()
         .strip_suffix("ms")
-        .unwrap_or_else(|| panic!("unit in {line}"));
+        .unwrap_or_else(|| panic!("unit in {line} (no query: no query field)"));
     assert!(
         millis.parse::<f64>().is_ok_and(|ms| ms >= 0.0),
         "duration in {line}"
     );
+    assert_eq!(daemon.get("/files?page=1&limit=5").status, 200);
+    let listed = daemon.wait_for_line(Duration::from_secs(5), |l| {
+        l.contains("\"GET /files\" - 200 ") && l.ends_with("ms query=\"page=1&limit=5\"")
+    });
+    assert!(listed.is_some(), "query not logged:\n{}", daemon.log_text());
     let get = daemon.get("/healthz");
     assert_eq!(get.status, 200);
     let logged = daemon.wait_for_line(Duration::from_secs(5), |l| {

@@ -13,6 +13,7 @@ pub mod core;
 pub mod parse_errors;
 pub mod router;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
@@ -350,8 +351,13 @@ async fn accept_until_signal(
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
         };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
+        let (stream, peer) = match accepted {
+            // A dual-stack socket reports IPv4 clients as `::ffff:a.b.c.d`; the log says
+            // `a.b.c.d`, as an IPv4-only socket would.
+            Ok((stream, peer)) => (
+                stream,
+                SocketAddr::new(peer.ip().to_canonical(), peer.port()),
+            ),
             Err(e) => {
                 // EMFILE/ENFILE and friends: back off briefly rather than spin.
                 crate::log_line!("rhinobox: accept failed: {e}");
@@ -368,7 +374,12 @@ async fn accept_until_signal(
         let core = next_core % senders.len();
         next_core = next_core.wrapping_add(1);
         shared.cores[core].queue_len.fetch_add(1, Ordering::Relaxed);
-        if senders[core].send((stream, permit)).await.is_err() {
+        let handoff = core::Handoff {
+            stream,
+            peer,
+            permit,
+        };
+        if senders[core].send(handoff).await.is_err() {
             shared.cores[core].queue_len.fetch_sub(1, Ordering::Relaxed);
         }
     }

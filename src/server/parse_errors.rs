@@ -12,6 +12,7 @@
 //! access log like any request.
 
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -20,6 +21,7 @@ use std::task::{Context, Poll, ready};
 use hyper::rt::{Read, ReadBufCursor, Write};
 
 use super::Shared;
+use super::access_log::AccessEntry;
 
 /// Counts the responses of our service still being written on one connection (atomic
 /// only because response bodies must be `Send`; one core touches it).
@@ -87,16 +89,24 @@ pub struct JsonParseErrors<T> {
     inner: T,
     in_flight: ResponsesInFlight,
     shared: Arc<Shared>,
+    /// The client, for the access log.
+    peer: SocketAddr,
     /// A replacement response and how much of it was written.
     pending: Option<(Vec<u8>, usize)>,
 }
 
 impl<T> JsonParseErrors<T> {
-    pub fn new(inner: T, in_flight: ResponsesInFlight, shared: Arc<Shared>) -> Self {
+    pub fn new(
+        inner: T,
+        in_flight: ResponsesInFlight,
+        shared: Arc<Shared>,
+        peer: SocketAddr,
+    ) -> Self {
         JsonParseErrors {
             inner,
             in_flight,
             shared,
+            peer,
             pending: None,
         }
     }
@@ -129,13 +139,15 @@ impl<T: Write + Unpin> JsonParseErrors<T> {
         };
         let response = json_error_response(status, message);
         self.shared.http_metrics.observe(status, 0.0);
-        self.shared.access_log.record(
-            "-",
-            "(unparsable request)",
+        self.shared.access_log.record(&AccessEntry {
+            peer: self.peer,
+            method: "-",
+            path: "(unparsable request)",
+            query: None,
             status,
-            response.len() as u64,
-            0.0,
-        );
+            bytes_sent: response.len() as u64,
+            millis: 0.0,
+        });
         self.pending = Some((response, 0));
         true
     }
