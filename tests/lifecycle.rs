@@ -378,3 +378,53 @@ fn access_log_line_format() {
     });
     assert!(logged.is_some(), "GET not logged:\n{}", daemon.log_text());
 }
+
+/// `--addr :PORT` listens on every IPv4 and IPv6 address: one daemon started with `:0`
+/// answers over 127.0.0.1 and over [::1], and logs each client as it connected
+/// (`127.0.0.1:P`, not `[::ffff:127.0.0.1]:P`). On a host without IPv6 the daemon says so
+/// in one warning line and the IPv6 half is skipped with a printed reason.
+#[test]
+fn every_interface_port_listens_on_ipv4_and_ipv6() {
+    let daemon = Daemon::builder().args(&["--addr", ":0"]).start();
+    let port = daemon.addr.port();
+    let answer = |addr: std::net::SocketAddr| {
+        Connection::connect(addr)
+            .and_then(|mut c| c.request("GET", "/healthz", &[], b""))
+            .map(|r| r.status)
+    };
+    let ipv4: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    assert_eq!(answer(ipv4).expect("connect over 127.0.0.1"), 200);
+    let has_ipv6 = std::net::TcpListener::bind("[::1]:0").is_ok();
+    if has_ipv6 {
+        assert!(
+            daemon.addr.is_ipv6(),
+            "`:0` did not bind [::]: {}",
+            daemon.addr
+        );
+        let ipv6: std::net::SocketAddr = (std::net::Ipv6Addr::LOCALHOST, port).into();
+        assert_eq!(answer(ipv6).expect("connect over [::1]"), 200);
+    } else {
+        let warned = daemon
+            .log_text()
+            .contains("rhinobox: warning: no IPv6 on this host");
+        assert!(warned, "no IPv6 here, and the daemon did not say so");
+        eprintln!("SKIPPED: the IPv6 half (this host has no IPv6 loopback)");
+    }
+    let logged = |prefix: &str| {
+        daemon.wait_for_line(Duration::from_secs(5), |l| {
+            l.starts_with(prefix) && l.contains("\"GET /healthz\" - 200")
+        })
+    };
+    assert!(
+        logged("stderr: 127.0.0.1:").is_some(),
+        "IPv4 client not logged as 127.0.0.1:\n{}",
+        daemon.log_text()
+    );
+    if has_ipv6 {
+        assert!(
+            logged("stderr: [::1]:").is_some(),
+            "IPv6 client not logged as [::1]:\n{}",
+            daemon.log_text()
+        );
+    }
+}
