@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Short coverage-guided fuzz run of every target (issue 7, item 9); fails on any crash,
+# Short coverage-guided fuzz run of every target; fails on any crash,
 # failed assertion, timeout or out-of-memory. Usage: fuzz/run-ci.sh [seconds per target]
 #
 # Stable rustc: cargo-fuzz's `-s none` (no sanitizer) passes only stable flags
@@ -10,6 +10,7 @@
 # Each target starts from its seeds (corpus/<target>, committed) and the crashes found so
 # far (regressions/<target>, committed; they must all pass), and writes what it finds to
 # corpus-work/<target> (ignored by git, reused across runs when the CI caches it).
+case "${1:-}" in -h | --help) sed -n '2,/^[^#]/s/^# \{0,1\}//p' "$0"; exit 0 ;; esac
 set -euo pipefail
 cd "$(dirname "$0")"
 

@@ -15,9 +15,8 @@
 # The harness starts ./target/release/rhinobox itself, once per scenario group, on a
 # fresh data dir, and stops it after the group. Data dirs are removed only at the very
 # end: on ext4 without a journal, file creation runs 5-10x slower for ~30 s after a
-# mass delete, which would poison the next run (PLATFORM-NOTES).
+# mass delete, which would poison the next run.
 set -euo pipefail
-cd "$(dirname "$0")/.."
 
 fs=root
 scale=1
@@ -29,9 +28,12 @@ while [ $# -gt 0 ]; do
         --scale) scale=$2; shift 2 ;;
         --quick) groups=seed,durability; shift ;;
         --) shift; extra=("$@"); break ;;
-        *) echo "bench.sh: unknown argument $1" >&2; exit 2 ;;
+        -h | --help) sed -n '2,/^[^#]/s/^# \{0,1\}//p' "$0"; exit 0 ;;
+        *) echo "bench.sh: unknown argument $1 (--help for the usage)" >&2; exit 2 ;;
     esac
 done
+
+cd "$(dirname "$0")/.."
 
 cargo build --release --bin rhinobox --bin rhinobox-bench
 

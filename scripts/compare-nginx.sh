@@ -11,7 +11,6 @@
 # nginx stores the bytes and nothing else: no content sniffing, no hashing, no dedup, no
 # journal, no fsync. rhinobox does all of that on every PUT.
 set -euo pipefail
-cd "$(dirname "$0")/.."
 
 durability=none
 scale=1
@@ -21,9 +20,12 @@ while [ $# -gt 0 ]; do
         --durability) durability=$2; shift 2 ;;
         --scale) scale=$2; shift 2 ;;
         --) shift; extra=("$@"); break ;;
-        *) echo "compare-nginx.sh: unknown argument $1" >&2; exit 2 ;;
+        -h | --help) sed -n '2,/^[^#]/s/^# \{0,1\}//p' "$0"; exit 0 ;;
+        *) echo "compare-nginx.sh: unknown argument $1 (--help for the usage)" >&2; exit 2 ;;
     esac
 done
+
+cd "$(dirname "$0")/.."
 
 if ! command -v nginx >/dev/null; then
     apt-get update >/dev/null

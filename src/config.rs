@@ -5,10 +5,12 @@
 //! validates; any error is reported by `main` as `rhinobox: error: ...` with exit code 2.
 //! [`Limits`] gathers every bound the server enforces, so that they live in one place.
 
+use std::io::Read;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use clap::builder::TypedValueParser;
 use clap::{Parser, Subcommand, ValueEnum};
 
 /// What a 200 reply promises about stable storage.
@@ -63,25 +65,41 @@ pub struct Args {
     #[command(subcommand)]
     pub command: Option<AdminCommand>,
 
-    /// Bind address; `:PORT` means all interfaces.
+    /// Bind address; `:PORT` means every IPv4 and IPv6 address (IPv4 only on a host
+    /// without IPv6), `HOST:PORT` or `[V6]:PORT` that one address.
     #[arg(long, env = "RHINOBOX_ADDR", default_value = ":8090")]
     pub addr: String,
 
     /// Storage root (holds storage/ and metadata/).
-    #[arg(long, env = "RHINOBOX_DATA_DIR", default_value = "./data")]
+    #[arg(long, env = "RHINOBOX_DATA_DIR", default_value = "./data", value_parser = any_path())]
     pub data_dir: PathBuf,
 
     /// Largest request body in MiB; larger bodies get 413.
-    #[arg(long, env = "RHINOBOX_MAX_UPLOAD_MB", default_value = "512")]
+    #[arg(
+        long,
+        env = "RHINOBOX_MAX_UPLOAD_MB",
+        default_value = "512",
+        allow_negative_numbers = true
+    )]
     pub max_upload_mb: String,
 
     /// Number of pinned io runtimes (threads); 0 = one per CPU core.
-    #[arg(long, env = "RHINOBOX_WORKERS", default_value = "0")]
+    #[arg(
+        long,
+        env = "RHINOBOX_WORKERS",
+        default_value = "0",
+        allow_negative_numbers = true
+    )]
     pub workers: String,
 
     /// Files in flight over all requests (job slots); a full queue pauses reading bodies
     /// and answers 503 after 5 s without a free slot.
-    #[arg(long, env = "RHINOBOX_QUEUE_CAPACITY", default_value = "10000")]
+    #[arg(
+        long,
+        env = "RHINOBOX_QUEUE_CAPACITY",
+        default_value = "10000",
+        allow_negative_numbers = true
+    )]
     pub queue_capacity: String,
 
     /// `none` (page cache only) or `batch` (group commit: data, directory and journal
@@ -93,26 +111,58 @@ pub struct Args {
     #[arg(long, env = "RHINOBOX_API_TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
 
+    /// File holding the API token (one trailing newline is stripped), so that the token
+    /// stays out of `ps` and the environment; instead of --api-token.
+    #[arg(long, env = "RHINOBOX_API_TOKEN_FILE", value_parser = any_path())]
+    pub api_token_file: Option<PathBuf>,
+
     /// `auto`, `uring` (io_uring, registered buffers) or `threads` (blocking I/O pool).
     #[arg(long, env = "RHINOBOX_IO_ENGINE", default_value = "auto")]
     pub io_engine: String,
 
     /// Seconds to finish in-flight requests after SIGTERM/SIGINT before exiting.
-    #[arg(long, env = "RHINOBOX_SHUTDOWN_TIMEOUT_S", default_value = "30")]
+    #[arg(
+        long,
+        env = "RHINOBOX_SHUTDOWN_TIMEOUT_S",
+        default_value = "30",
+        allow_negative_numbers = true
+    )]
     pub shutdown_timeout_s: String,
 
     /// Most concurrent client connections; further connections wait in the kernel backlog.
-    #[arg(long, env = "RHINOBOX_MAX_CONNECTIONS", default_value = "4096")]
+    #[arg(
+        long,
+        env = "RHINOBOX_MAX_CONNECTIONS",
+        default_value = "4096",
+        allow_negative_numbers = true
+    )]
     pub max_connections: String,
 
     /// Most parts (files and fields) in one multipart request; more gets 400.
-    #[arg(long, env = "RHINOBOX_MAX_PARTS", default_value = "10000")]
+    #[arg(
+        long,
+        env = "RHINOBOX_MAX_PARTS",
+        default_value = "10000",
+        allow_negative_numbers = true
+    )]
     pub max_parts: String,
 
     /// Files at least this large (KiB) are written with O_DIRECT from aligned registered
     /// buffers; smaller ones through the page cache.
-    #[arg(long, env = "RHINOBOX_DIRECT_IO_MIN_KB", default_value = "1024")]
+    #[arg(
+        long,
+        env = "RHINOBOX_DIRECT_IO_MIN_KB",
+        default_value = "1024",
+        allow_negative_numbers = true
+    )]
     pub direct_io_min_kb: String,
+}
+
+/// A path value, empty included: clap's own path parser refuses an empty one with a
+/// message that names only the flag, so the empty case is left to [`Config::from_args`],
+/// whose message names the env var too.
+fn any_path() -> impl TypedValueParser<Value = PathBuf> {
+    clap::builder::OsStringValueParser::new().map(PathBuf::from)
 }
 
 /// The offline admin commands. Each holds the data dir lock for its whole run, so it
@@ -164,7 +214,7 @@ pub struct Limits {
     pub upload_size_bytes_max: u64,
     /// Parts in one multipart request (files + fields): bounds per-request bookkeeping.
     pub parts_per_request_max: usize,
-    /// Files in flight over all requests (SPEC §3 job slots).
+    /// Files in flight over all requests (job slots): a full queue pauses reading bodies.
     pub jobs_in_flight_max: usize,
     /// How long a file waits for a job slot before the request fails with 503.
     pub job_slot_wait_max: Duration,
@@ -216,13 +266,20 @@ pub struct Limits {
 /// The validated configuration the daemon runs with.
 #[derive(Clone, Debug)]
 pub struct Config {
+    /// Where to listen: `[::]:PORT` for the `:PORT` form.
     pub addr: SocketAddr,
+    /// The address was given as `:PORT`: every IPv4 and IPv6 address (one dual-stack
+    /// socket), IPv4 only when the host has no IPv6.
+    pub addr_every_interface: bool,
     pub data_dir: PathBuf,
     pub workers: usize,
     pub durability: Durability,
     pub io_engine: IoEngine,
     pub api_token: Option<String>,
     pub limits: Limits,
+    /// Settings that are allowed but most likely a mistake: `main` prints each as one
+    /// `rhinobox: warning:` line before the start.
+    pub warnings: Vec<String>,
 }
 
 /// A configuration error: names the setting and what was wrong.
@@ -235,13 +292,92 @@ impl std::fmt::Display for ConfigError {
     }
 }
 
-fn parse_number<T: std::str::FromStr>(value: &str, setting: &str) -> Result<T, ConfigError> {
-    value.trim().parse::<T>().map_err(|_| {
-        ConfigError(format!(
-            "{setting}: expected a non-negative integer, got {value:?}"
-        ))
-    })
+/// Largest `--max-upload-mb`: 1 TiB. Bodies are streamed to disk, so memory does not bound
+/// it, but a larger limit is a typo rather than a plan (and MiB × 2^20 must fit in u64).
+const UPLOAD_MB_MAX: u64 = 1 << 20;
+/// Workers per CPU core at most. Every worker is a pinned thread with its own io ring,
+/// about 6 MiB of registered buffers and, on the threads engine, its own I/O threads:
+/// beyond one per core they add memory and no throughput (1000 workers on 2 cores took
+/// 6.2 GB of RSS). Four per core still lets a benchmark show what oversubscription costs.
+const WORKERS_PER_CORE_MAX: u64 = 4;
+/// Most job slots: every file in flight can hold an open tmp file, so more slots than the
+/// largest possible open-file limit (`fs.nr_open`, 2^20 by default) can never be used.
+const QUEUE_CAPACITY_MAX: u64 = 1 << 20;
+/// Most connections: each is a file descriptor (`fs.nr_open`, 2^20 by default).
+const CONNECTIONS_MAX: u64 = 1 << 20;
+/// Most parts in one request: bounds that request's bookkeeping (an entry per file part).
+const PARTS_MAX: u64 = 1 << 20;
+/// Longest shutdown drain: one day. Longer is a typo, and the drain deadline (now + the
+/// timeout) must not overflow.
+const SHUTDOWN_TIMEOUT_S_MAX: u64 = 24 * 3600;
+/// Largest O_DIRECT threshold: 1 TiB in KiB, as large as the largest upload (which turns
+/// O_DIRECT off).
+const DIRECT_IO_MIN_KB_MAX: u64 = 1 << 30;
+
+/// A numeric setting: the names every message gives it, and the range it accepts.
+struct NumberSetting {
+    /// `RHINOBOX_X/--x`.
+    names: &'static str,
+    /// What a value counts, for messages: `a whole number of MiB`.
+    what: &'static str,
+    min: u64,
+    max: u64,
 }
+
+impl NumberSetting {
+    /// Negative, fractional, garbage, empty and out-of-range values all get one message
+    /// that names the setting and the range, which is the fix.
+    fn parse(&self, value: &str) -> Result<u64, ConfigError> {
+        value
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|n| (self.min..=self.max).contains(n))
+            .ok_or_else(|| {
+                ConfigError(format!(
+                    "{}: expected {} from {} to {}, got {value:?}",
+                    self.names, self.what, self.min, self.max
+                ))
+            })
+    }
+}
+
+const UPLOAD_MB: NumberSetting = NumberSetting {
+    names: "RHINOBOX_MAX_UPLOAD_MB/--max-upload-mb",
+    what: "a whole number of MiB",
+    min: 1,
+    max: UPLOAD_MB_MAX,
+};
+const QUEUE_CAPACITY: NumberSetting = NumberSetting {
+    names: "RHINOBOX_QUEUE_CAPACITY/--queue-capacity",
+    what: "a whole number of job slots",
+    min: 1,
+    max: QUEUE_CAPACITY_MAX,
+};
+const SHUTDOWN_TIMEOUT_S: NumberSetting = NumberSetting {
+    names: "RHINOBOX_SHUTDOWN_TIMEOUT_S/--shutdown-timeout-s",
+    what: "a whole number of seconds",
+    min: 0,
+    max: SHUTDOWN_TIMEOUT_S_MAX,
+};
+const MAX_CONNECTIONS: NumberSetting = NumberSetting {
+    names: "RHINOBOX_MAX_CONNECTIONS/--max-connections",
+    what: "a whole number of connections",
+    min: 1,
+    max: CONNECTIONS_MAX,
+};
+const MAX_PARTS: NumberSetting = NumberSetting {
+    names: "RHINOBOX_MAX_PARTS/--max-parts",
+    what: "a whole number of parts",
+    min: 1,
+    max: PARTS_MAX,
+};
+const DIRECT_IO_MIN_KB: NumberSetting = NumberSetting {
+    names: "RHINOBOX_DIRECT_IO_MIN_KB/--direct-io-min-kb",
+    what: "a whole number of KiB",
+    min: 0,
+    max: DIRECT_IO_MIN_KB_MAX,
+};
 
 fn parse_enum<T: ValueEnum>(value: &str, setting: &str) -> Result<T, ConfigError> {
     T::from_str(value.trim(), true).map_err(|_| {
@@ -256,90 +392,229 @@ fn parse_enum<T: ValueEnum>(value: &str, setting: &str) -> Result<T, ConfigError
     })
 }
 
-/// Parses `:PORT`, `HOST:PORT` or `[V6]:PORT` into one socket address.
-pub fn parse_addr(value: &str) -> Result<SocketAddr, ConfigError> {
+/// Parses `:PORT` (every interface: `[::]:PORT`, dual-stack), `HOST:PORT` or `[V6]:PORT`
+/// into one socket address; the flag says whether it was the `:PORT` form.
+pub fn parse_addr(value: &str) -> Result<(SocketAddr, bool), ConfigError> {
     let bad = || {
         ConfigError(format!(
-            "RHINOBOX_ADDR/--addr: cannot parse address {value:?}"
+            "RHINOBOX_ADDR/--addr: cannot parse address {value:?}; expected :PORT (every \
+             interface), HOST:PORT or [IPV6]:PORT, with PORT from 0 to 65535"
         ))
     };
-    let full = if value.starts_with(':') {
-        format!("0.0.0.0{value}")
-    } else {
-        value.to_string()
-    };
-    if let Ok(addr) = full.parse::<SocketAddr>() {
-        return Ok(addr);
+    let value = value.trim();
+    if let Some(port) = value.strip_prefix(':') {
+        let port = port.parse::<u16>().map_err(|_| bad())?;
+        return Ok((
+            SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)),
+            true,
+        ));
+    }
+    if let Ok(addr) = value.parse::<SocketAddr>() {
+        return Ok((addr, false));
     }
     // Host names such as `localhost:8090` resolve through the system resolver.
-    let (_, port) = full.rsplit_once(':').ok_or_else(bad)?;
+    let (_, port) = value.rsplit_once(':').ok_or_else(bad)?;
     port.parse::<u16>().map_err(|_| bad())?;
-    full.to_socket_addrs()
+    let addr = value
+        .to_socket_addrs()
         .map_err(|_| bad())?
         .next()
-        .ok_or_else(bad)
+        .ok_or_else(bad)?;
+    Ok((addr, false))
+}
+
+/// A secret setting and the file setting next to it, so a secret can stay out of `ps`
+/// and the environment (`--api-token` / `--api-token-file`; the S3 and blob secret keys
+/// use the same pair).
+pub struct SecretSetting {
+    /// `RHINOBOX_X/--x`, the secret itself.
+    pub value_names: &'static str,
+    /// `RHINOBOX_X_FILE/--x-file`, a file that holds it.
+    pub file_names: &'static str,
+}
+
+/// Largest secret file read: a secret is one line; a larger file is the wrong file (or a
+/// device that never ends).
+const SECRET_FILE_BYTES_MAX: u64 = 64 * 1024;
+
+impl SecretSetting {
+    /// The secret from the value or from the file (never both), None when neither is set.
+    pub fn resolve(
+        &self,
+        value: Option<String>,
+        file: Option<&Path>,
+    ) -> Result<Option<String>, ConfigError> {
+        match (value, file) {
+            (Some(_), Some(_)) => Err(ConfigError(format!(
+                "{} and {} are both set; set only one of them",
+                self.value_names, self.file_names
+            ))),
+            (Some(value), None) => check_secret(value, self.value_names, "the value").map(Some),
+            (None, Some(path)) => self.read(path).map(Some),
+            (None, None) => Ok(None),
+        }
+    }
+
+    /// The file's content without one trailing newline (`\n` or `\r\n`).
+    fn read(&self, path: &Path) -> Result<String, ConfigError> {
+        let names = self.file_names;
+        if path.as_os_str().is_empty() {
+            return Err(ConfigError(format!(
+                "{names}: empty; give the path of a file that holds the secret"
+            )));
+        }
+        let unreadable = |e: std::io::Error| {
+            ConfigError(format!(
+                "{names}: cannot read {}: {e}; give a file this user can read that holds \
+                 the secret",
+                path.display()
+            ))
+        };
+        let mut bytes = Vec::new();
+        std::fs::File::open(path)
+            .and_then(|file| file.take(SECRET_FILE_BYTES_MAX + 1).read_to_end(&mut bytes))
+            .map_err(unreadable)?;
+        if bytes.len() as u64 > SECRET_FILE_BYTES_MAX {
+            return Err(ConfigError(format!(
+                "{names}: {} is larger than {} KiB; a secret file holds one line",
+                path.display(),
+                SECRET_FILE_BYTES_MAX / 1024
+            )));
+        }
+        let text = String::from_utf8_lossy(&bytes);
+        let secret = match text.strip_suffix('\n') {
+            Some(line) => line.strip_suffix('\r').unwrap_or(line),
+            None => &*text,
+        };
+        check_secret(secret.to_string(), names, &path.display().to_string())
+    }
+}
+
+/// A secret is one word of visible ASCII: an empty one would silently turn protection
+/// off; a space or control character is nearly always a copy-and-paste accident (a
+/// trailing space, a CR, a second line), and the token is compared with the header's
+/// value trimmed and as visible ASCII, so such a secret could never be presented.
+fn check_secret(secret: String, names: &str, source: &str) -> Result<String, ConfigError> {
+    if secret.is_empty() {
+        return Err(ConfigError(format!(
+            "{names}: {source} is empty; give a secret, or unset the setting to run without one"
+        )));
+    }
+    if !secret.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ConfigError(format!(
+            "{names}: {source} holds a space, a control or a non-ASCII character (only one \
+             trailing newline is stripped from a file); a secret is one word of visible ASCII"
+        )));
+    }
+    Ok(secret)
+}
+
+/// The CPU cores this process may run on (at least one).
+fn cpu_cores() -> usize {
+    core_affinity::get_core_ids()
+        .map(|c| c.len())
+        .unwrap_or(1)
+        .max(1)
+}
+
+/// Workers: `0` is one per core; more than [`WORKERS_PER_CORE_MAX`] per core is refused,
+/// more than one per core is warned about.
+fn parse_workers(
+    value: &str,
+    cores: usize,
+    warnings: &mut Vec<String>,
+) -> Result<usize, ConfigError> {
+    let max = cores as u64 * WORKERS_PER_CORE_MAX;
+    let setting = NumberSetting {
+        names: "RHINOBOX_WORKERS/--workers",
+        what: "a whole number (0 = one per CPU core)",
+        min: 0,
+        max,
+    };
+    let workers = match value.trim().parse::<u64>() {
+        Ok(workers) if workers > max => {
+            return Err(ConfigError(format!(
+                "RHINOBOX_WORKERS/--workers: {workers} is more than {WORKERS_PER_CORE_MAX} per \
+                 CPU core (this host has {cores}); each worker is a pinned thread with its own \
+                 io ring and buffers, so extra ones only cost memory: use 0 (one per core) or \
+                 at most {max}"
+            )));
+        }
+        _ => setting.parse(value)?,
+    };
+    if workers as usize > cores {
+        warnings.push(format!(
+            "RHINOBOX_WORKERS/--workers {workers} is more than the {cores} CPU cores: workers \
+             share cores, which costs memory and adds no throughput (0 = one per core)"
+        ));
+    }
+    Ok(if workers == 0 {
+        cores
+    } else {
+        workers as usize
+    })
+}
+
+/// An empty data dir would put `storage/` and `metadata/` into the working directory.
+fn check_data_dir(data_dir: &Path) -> Result<(), ConfigError> {
+    if data_dir.as_os_str().is_empty() {
+        return Err(ConfigError(
+            "RHINOBOX_DATA_DIR/--data-dir: empty; give the storage root (default ./data)".into(),
+        ));
+    }
+    Ok(())
 }
 
 impl Config {
     /// Parses the command line (and env vars) into a validated configuration.
     pub fn from_args(args: Args) -> Result<Config, ConfigError> {
-        let upload_mb: u64 = parse_number(
-            &args.max_upload_mb,
-            "RHINOBOX_MAX_UPLOAD_MB/--max-upload-mb",
-        )?;
-        let workers: usize = parse_number(&args.workers, "RHINOBOX_WORKERS/--workers")?;
-        let queue: usize = parse_number(
-            &args.queue_capacity,
-            "RHINOBOX_QUEUE_CAPACITY/--queue-capacity",
-        )?;
-        let shutdown_s: u64 = parse_number(
-            &args.shutdown_timeout_s,
-            "RHINOBOX_SHUTDOWN_TIMEOUT_S/--shutdown-timeout-s",
-        )?;
-        let connections: usize = parse_number(
-            &args.max_connections,
-            "RHINOBOX_MAX_CONNECTIONS/--max-connections",
-        )?;
-        let parts: usize = parse_number(&args.max_parts, "RHINOBOX_MAX_PARTS/--max-parts")?;
-        let direct_kb: u64 = parse_number(
-            &args.direct_io_min_kb,
-            "RHINOBOX_DIRECT_IO_MIN_KB/--direct-io-min-kb",
-        )?;
+        let mut warnings = Vec::new();
+        let upload_mb = UPLOAD_MB.parse(&args.max_upload_mb)?;
+        let queue = QUEUE_CAPACITY.parse(&args.queue_capacity)?;
+        let shutdown_s = SHUTDOWN_TIMEOUT_S.parse(&args.shutdown_timeout_s)?;
+        let connections = MAX_CONNECTIONS.parse(&args.max_connections)?;
+        let parts = MAX_PARTS.parse(&args.max_parts)?;
+        let direct_kb = DIRECT_IO_MIN_KB.parse(&args.direct_io_min_kb)?;
+        let workers = parse_workers(&args.workers, cpu_cores(), &mut warnings)?;
         let durability = parse_enum(&args.durability, "RHINOBOX_DURABILITY/--durability")?;
         let io_engine = parse_enum(&args.io_engine, "RHINOBOX_IO_ENGINE/--io-engine")?;
-        let addr = parse_addr(&args.addr)?;
-        if upload_mb == 0 {
-            return Err(ConfigError(
-                "RHINOBOX_MAX_UPLOAD_MB/--max-upload-mb: must be at least 1".into(),
-            ));
+        let (addr, addr_every_interface) = parse_addr(&args.addr)?;
+        check_data_dir(&args.data_dir)?;
+        let api_token = SecretSetting {
+            value_names: "RHINOBOX_API_TOKEN/--api-token",
+            file_names: "RHINOBOX_API_TOKEN_FILE/--api-token-file",
         }
-        if queue == 0 {
-            return Err(ConfigError(
-                "RHINOBOX_QUEUE_CAPACITY/--queue-capacity: must be at least 1".into(),
-            ));
-        }
-        if connections == 0 || parts == 0 {
-            return Err(ConfigError(
-                "RHINOBOX_MAX_CONNECTIONS and RHINOBOX_MAX_PARTS must be at least 1".into(),
-            ));
-        }
-        let cores = core_affinity::get_core_ids()
-            .map(|c| c.len())
-            .unwrap_or(1)
-            .max(1);
-        let workers = if workers == 0 { cores } else { workers };
-        if workers > 1024 {
-            return Err(ConfigError(format!(
-                "RHINOBOX_WORKERS/--workers: {workers} is more than 1024"
-            )));
-        }
-        let token = args.api_token.filter(|t| !t.is_empty());
-        let limits = Limits {
-            upload_size_bytes_max: upload_mb.saturating_mul(1024 * 1024),
-            parts_per_request_max: parts,
-            jobs_in_flight_max: queue,
+        .resolve(args.api_token, args.api_token_file.as_deref())?;
+        let mut limits = Limits::with_defaults();
+        limits.upload_size_bytes_max = upload_mb * 1024 * 1024;
+        limits.parts_per_request_max = parts as usize;
+        limits.jobs_in_flight_max = queue as usize;
+        limits.connections_max = connections as usize;
+        limits.shutdown_timeout = Duration::from_secs(shutdown_s);
+        limits.direct_io_bytes_min = direct_kb * 1024;
+        Ok(Config {
+            addr,
+            addr_every_interface,
+            data_dir: args.data_dir,
+            workers,
+            durability,
+            io_engine,
+            api_token,
+            limits,
+            warnings,
+        })
+    }
+}
+
+impl Limits {
+    /// The built-in bounds, with the settable ones at their defaults.
+    pub fn with_defaults() -> Limits {
+        Limits {
+            upload_size_bytes_max: 512 * 1024 * 1024,
+            parts_per_request_max: 10_000,
+            jobs_in_flight_max: 10_000,
             job_slot_wait_max: Duration::from_secs(5),
-            connections_max: connections,
+            connections_max: 4096,
             header_size_bytes_max: 64 * 1024,
             header_read_timeout: Duration::from_secs(30),
             body_idle_timeout: Duration::from_secs(60),
@@ -348,26 +623,17 @@ impl Config {
             part_head_bytes_max: 16 * 1024,
             part_headers_max: 16,
             file_name_bytes_max: 4096,
-            shutdown_timeout: Duration::from_secs(shutdown_s),
+            shutdown_timeout: Duration::from_secs(30),
             io_small_buffer_bytes: 64 * 1024,
             io_small_buffers_per_core: 32,
             io_large_buffer_bytes: 1024 * 1024,
             io_large_buffers_per_core: 4,
-            direct_io_bytes_min: direct_kb.saturating_mul(1024),
+            direct_io_bytes_min: 1024 * 1024,
             io_threads_per_core: 16,
             io_buffer_wait_max: Duration::from_secs(5),
             io_buffer_hold_max: Duration::from_millis(100),
             memory_files_bytes_per_core_max: 32 * 1024 * 1024,
-        };
-        Ok(Config {
-            addr,
-            data_dir: args.data_dir,
-            workers,
-            durability,
-            io_engine,
-            api_token: token,
-            limits,
-        })
+        }
     }
 }
 
@@ -380,15 +646,73 @@ mod tests {
     fn addr_forms() {
         assert_eq!(
             parse_addr(":8090").unwrap(),
-            "0.0.0.0:8090".parse().unwrap()
+            ("[::]:8090".parse().unwrap(), true)
         );
         assert_eq!(
             parse_addr("127.0.0.1:0").unwrap(),
-            "127.0.0.1:0".parse().unwrap()
+            ("127.0.0.1:0".parse().unwrap(), false)
         );
-        assert_eq!(parse_addr("[::1]:80").unwrap(), "[::1]:80".parse().unwrap());
+        assert_eq!(
+            parse_addr("[::1]:80").unwrap(),
+            ("[::1]:80".parse().unwrap(), false)
+        );
+        assert!(parse_addr("").is_err());
+        assert!(parse_addr(":").is_err());
         assert!(parse_addr("nonsense").is_err());
         assert!(parse_addr(":99999").is_err());
+    }
+
+    /// Numbers: garbage, negative, empty and out-of-range values give the range.
+    #[test]
+    fn number_errors_give_the_range() {
+        assert_eq!(UPLOAD_MB.parse(" 512 ").unwrap(), 512);
+        for bad in ["-1", "0", "", "1.5", "99999999999999999999", "1048577"] {
+            let err = UPLOAD_MB.parse(bad).unwrap_err();
+            assert!(err.0.contains("from 1 to 1048576"), "{bad}: {}", err.0);
+        }
+    }
+
+    /// Workers: 0 is one per core, up to 4 per core accepted (warned above one per core).
+    #[test]
+    fn workers_bounded_by_cores() {
+        let mut warnings = Vec::new();
+        assert_eq!(parse_workers("0", 2, &mut warnings).unwrap(), 2);
+        assert_eq!(parse_workers("2", 2, &mut warnings).unwrap(), 2);
+        assert!(warnings.is_empty());
+        assert_eq!(parse_workers("8", 2, &mut warnings).unwrap(), 8);
+        assert_eq!(warnings.len(), 1);
+        let err = parse_workers("9", 2, &mut warnings).unwrap_err();
+        assert!(err.0.contains("at most 8"), "{}", err.0);
+    }
+
+    /// A secret file loses one trailing newline (LF or CRLF), not more; empty, blank and
+    /// two-line files are refused, as is a value and a file at once.
+    #[test]
+    fn secret_files() {
+        let setting = SecretSetting {
+            value_names: "RHINOBOX_X/--x",
+            file_names: "RHINOBOX_X_FILE/--x-file",
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let read = |content: &str| {
+            let path = dir.path().join("secret");
+            std::fs::write(&path, content).unwrap();
+            setting.resolve(None, Some(&path))
+        };
+        assert_eq!(read("abc\n").unwrap().as_deref(), Some("abc"));
+        assert_eq!(read("abc\r\n").unwrap().as_deref(), Some("abc"));
+        assert_eq!(read("abc").unwrap().as_deref(), Some("abc"));
+        for bad in ["", "\n", "abc\n\n", "a\nb\n", " abc\n"] {
+            let err = read(bad).unwrap_err();
+            assert!(
+                err.0.contains("RHINOBOX_X_FILE/--x-file"),
+                "{bad:?}: {}",
+                err.0
+            );
+        }
+        let both = setting.resolve(Some("a".into()), Some(dir.path()));
+        assert!(both.unwrap_err().0.contains("only one"));
+        assert_eq!(setting.resolve(None, None).unwrap(), None);
     }
 
     /// Unknown enum values name the setting in the error.

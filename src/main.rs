@@ -20,6 +20,24 @@ fn tune_allocator() {
     }
 }
 
+/// clap's multi-line error as one line: the error, then its tip (`a similar argument
+/// exists: '--max-upload-mb'`) or where to look, as the fix.
+fn one_line(text: &str) -> String {
+    let first = text
+        .lines()
+        .next()
+        .unwrap_or("invalid arguments")
+        .trim_start_matches("error: ");
+    let tip = text
+        .lines()
+        .map(str::trim)
+        .find_map(|line| line.strip_prefix("tip: "));
+    match tip {
+        Some(tip) => format!("{first}; {tip}"),
+        None => format!("{first}; see `rhinobox --help`"),
+    }
+}
+
 fn main() {
     tune_allocator();
     let args = match Args::try_parse() {
@@ -34,13 +52,7 @@ fn main() {
             std::process::exit(0);
         }
         Err(e) => {
-            let text = e.to_string();
-            let first = text
-                .lines()
-                .next()
-                .unwrap_or("invalid arguments")
-                .trim_start_matches("error: ");
-            rhinobox::log_line!("rhinobox: error: {first}");
+            rhinobox::log_line!("rhinobox: error: {}", one_line(&e.to_string()));
             std::process::exit(2);
         }
     };
@@ -59,6 +71,9 @@ fn main() {
             std::process::exit(2);
         }
     };
+    for warning in &config.warnings {
+        rhinobox::log_line!("rhinobox: warning: {warning}");
+    }
     match rhinobox::server::run(config) {
         Ok(code) => std::process::exit(code),
         Err(e) => {

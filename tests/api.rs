@@ -1,4 +1,4 @@
-//! The read and manage API against the real daemon (SPEC §3 "Reading and managing",
+//! The read and manage API against the real daemon ("Reading and managing":
 //! /statistics, /metrics, bearer-token auth): download and stream with ranges and
 //! preconditions, path checks, metadata, delete, listing, search, statistics, metrics
 //! counters under concurrency, wrong methods, and the auth matrix on every endpoint.
@@ -72,7 +72,7 @@ fn hashes(body: &Value) -> Vec<String> {
         .collect()
 }
 
-/// A download by hash returns the exact bytes with every header SPEC §3 names.
+/// A download by hash returns the exact bytes with every header a download carries.
 #[test]
 fn download_by_hash_has_bytes_and_headers() {
     let daemon = Daemon::start();
@@ -418,7 +418,7 @@ fn assert_link_not_followed(daemon: &Daemon, entry: &Value, decoy: &[u8]) {
     );
 }
 
-/// Issue 8, `?hash=` through a planted directory link: the category directory of a stored
+/// `?hash=` through a planted directory link: the category directory of a stored
 /// file is replaced by a symbolic link to a directory outside the data dir that holds a
 /// file of the same name and size but other bytes. A download by hash must not serve them.
 #[test]
@@ -440,7 +440,7 @@ fn hash_download_does_not_follow_a_symlinked_category_directory() {
     assert_link_not_followed(&daemon, &entry, &decoy);
 }
 
-/// Issue 8, the stored file itself replaced by a symbolic link to a file of the same size
+/// The stored file itself replaced by a symbolic link to a file of the same size
 /// outside the data dir: never served by hash (404) or by path (400).
 #[test]
 fn hash_download_does_not_follow_a_stored_file_replaced_by_a_symlink() {
@@ -813,6 +813,78 @@ fn statistics_follow_uploads_duplicates_and_deletes() {
     assert!(stats["by_media_type"].get("documents").is_none(), "{stats}");
 }
 
+/// The gauges of /metrics beside the counters: `rhinobox_stored_files` and
+/// `rhinobox_stored_bytes` follow what is stored (as /statistics: duplicates add nothing,
+/// a delete subtracts), `rhinobox_free_bytes{dir="storage"|"metadata"}` is the room on
+/// each data file system (non-zero, at most its size), and `rhinobox_build_info` names
+/// the version, io engine and durability with the value 1. Each has # HELP and # TYPE.
+#[test]
+fn metrics_have_store_gauges_free_space_and_build_info() {
+    let daemon = Daemon::start();
+    assert_eq!(metric(&daemon, "rhinobox_stored_files"), 0);
+    let jpg = TestFile::new(MediaKind::Jpeg, 1000, 43);
+    let pdf = TestFile::new(MediaKind::Pdf, 3000, 44);
+    daemon.upload_ok(&[jpg.clone(), pdf.clone(), jpg.clone()]);
+    assert_eq!(metric(&daemon, "rhinobox_stored_files"), 2);
+    assert_eq!(metric(&daemon, "rhinobox_stored_bytes"), 4000);
+    let text = daemon.get("/metrics").text();
+    for name in [
+        "rhinobox_stored_files",
+        "rhinobox_stored_bytes",
+        "rhinobox_free_bytes",
+        "rhinobox_build_info",
+    ] {
+        assert!(
+            text.contains(&format!("# HELP {name} ")),
+            "no HELP of {name}:\n{text}"
+        );
+        assert!(
+            text.contains(&format!("# TYPE {name} gauge\n")),
+            "no TYPE of {name}:\n{text}"
+        );
+    }
+    let disk_bytes = {
+        let stats = file_system_size(&daemon.data_dir);
+        stats.0 * stats.1
+    };
+    for dir in ["storage", "metadata"] {
+        let prefix = format!("rhinobox_free_bytes{{dir=\"{dir}\"}} ");
+        let free: u64 = text
+            .lines()
+            .find_map(|line| line.strip_prefix(&prefix)?.parse().ok())
+            .unwrap_or_else(|| panic!("no {prefix}in:\n{text}"));
+        assert!(
+            free > 0 && free <= disk_bytes,
+            "{prefix}{free} of {disk_bytes}"
+        );
+    }
+    let build = format!(
+        "rhinobox_build_info{{version=\"{}\",io_engine=\"{}\",durability=\"batch\"}} 1\n",
+        env!("CARGO_PKG_VERSION"),
+        io_engine()
+    );
+    assert!(text.contains(&build), "no {build:?} in:\n{text}");
+    let deleted = call(&daemon, "DELETE", &format!("/files/{}", pdf.hash()), &[]);
+    assert_eq!(deleted.status, 200);
+    assert_eq!(metric(&daemon, "rhinobox_stored_files"), 1);
+    assert_eq!(metric(&daemon, "rhinobox_stored_bytes"), 1000);
+}
+
+/// (f_blocks, f_frsize) of the file system holding `path`: its size is their product.
+// The casts are no-ops here but not on 32-bit targets, whose counts are 32-bit.
+#[allow(clippy::unnecessary_cast)]
+fn file_system_size(path: &std::path::Path) -> (u64, u64) {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    let mut stats = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: a NUL-terminated path that outlives the call and room for one statvfs.
+    let rc = unsafe { libc::statvfs(path.as_ptr(), stats.as_mut_ptr()) };
+    assert_eq!(rc, 0, "statvfs: {}", std::io::Error::last_os_error());
+    // SAFETY: statvfs returned 0, so it filled the struct.
+    let stats = unsafe { stats.assume_init() };
+    (stats.f_blocks as u64, stats.f_frsize as u64)
+}
+
 /// Metrics under concurrency: N parallel uploads of distinct files raise
 /// `files_ingested_total` by exactly N and `bytes_ingested_total` by their bytes; the same
 /// N again raise only `duplicates_total`, by N; per-core queue depth is exposed.
@@ -873,12 +945,21 @@ fn metrics_count_concurrent_uploads_exactly() {
     assert!(text.contains("rhinobox_fsync_batches_total"), "{text}");
 }
 
-/// Wrong methods on the read and manage endpoints are 405 JSON with an Allow header.
+/// Wrong methods on every endpoint are 405 JSON with an Allow header that lists the
+/// methods the route takes (regression: `GET /ingest/media`, `/healthz`, `/stats`,
+/// `/metrics` and `/ingest/media/{name}` answered 405 without `Allow`).
 #[test]
 fn wrong_methods_are_405() {
     let daemon = Daemon::start();
     let hash = "ab".repeat(32);
     for (method, target, allow) in [
+        ("GET", "/ingest/media".to_string(), "POST"),
+        ("PUT", "/ingest/media".to_string(), "POST"),
+        ("GET", "/ingest/media/x.txt".to_string(), "PUT"),
+        ("POST", "/ingest/media/x.txt".to_string(), "PUT"),
+        ("POST", "/healthz".to_string(), "GET, HEAD"),
+        ("POST", "/stats".to_string(), "GET"),
+        ("DELETE", "/metrics".to_string(), "GET"),
         ("POST", "/files/download?hash=x".to_string(), "GET, HEAD"),
         ("DELETE", "/files/stream".to_string(), "GET, HEAD"),
         ("PUT", "/files/metadata".to_string(), "GET"),
@@ -894,9 +975,10 @@ fn wrong_methods_are_405() {
     }
 }
 
-/// Bearer-token auth on every endpoint: without a token or with a wrong one 401 JSON,
-/// with the right one the endpoint's own answer; /healthz is open; the token (given by
-/// flag or by env var) never appears in the daemon's output.
+/// Bearer-token auth on every endpoint: without a token or with a wrong one 401 JSON
+/// with `WWW-Authenticate: Bearer realm="rhinobox"`, with the right one the endpoint's own
+/// answer; /healthz is open; the token (given by flag or by env var) never appears in the
+/// daemon's output.
 #[test]
 fn auth_matrix_on_every_endpoint() {
     const TOKEN: &str = "tok-3f9a1c-very-secret";
@@ -943,6 +1025,11 @@ fn auth_matrix_on_every_endpoint() {
                     auth.map(|a| ("Authorization", a)).into_iter().collect();
                 let response = daemon.request(method, target, &headers, body);
                 assert_eq!(response.status, 401, "{method} {target} with {auth:?}");
+                assert_eq!(
+                    response.header("www-authenticate"),
+                    Some("Bearer realm=\"rhinobox\""),
+                    "{method} {target}: a 401 names the Bearer scheme"
+                );
                 if *method != "HEAD" {
                     assert_json_error(&response, 401, None);
                 }
@@ -997,14 +1084,68 @@ fn access_log_counts_download_bytes() {
         &format!("/files/download?hash={hash}"),
         &[],
     );
-    for wanted in [
-        "\"GET /files/download\" - 200 54321B in ",
-        "\"GET /files/stream\" - 206 100B in ",
-        "\"HEAD /files/download\" - 200 0B in ",
+    for (wanted, query) in [
+        ("\"GET /files/download\" - 200 54321B in ", "GET"),
+        ("\"GET /files/stream\" - 206 100B in ", "GET"),
+        ("\"HEAD /files/download\" - 200 0B in ", "HEAD"),
     ] {
-        let found = daemon.wait_for_line(Duration::from_secs(5), |line| line.contains(wanted));
-        assert!(found.is_some(), "no line with {wanted:?}");
+        let found = daemon.wait_for_line(Duration::from_secs(5), |line| {
+            line.contains(wanted) && line.starts_with("stderr: 127.0.0.1:")
+        });
+        let line = found.unwrap_or_else(|| panic!("no line with {wanted:?} ({query})"));
+        assert!(
+            line.ends_with(&format!("ms query=\"hash={hash}\"")),
+            "the query is not logged: {line}"
+        );
     }
+}
+
+/// What the client chose is logged escaped and bounded: a path holding a quote (which
+/// hyper lets through in paths), a query holding a backslash and non-ASCII bytes, and a
+/// query of 4,000 bytes each give one line whose fields cannot be forged, and the long one
+/// is cut with `…`.
+#[test]
+fn access_log_escapes_and_bounds_the_query() {
+    let daemon = Daemon::start();
+    for head in [
+        "GET /no\"such HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        "GET /healthz?x=a\\b\u{e9} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    ] {
+        let mut raw = TcpStream::connect(daemon.addr).unwrap();
+        raw.write_all(head.as_bytes()).unwrap();
+        let mut reply = Vec::new();
+        let _ = raw.read_to_end(&mut reply);
+    }
+    let quoted = daemon.wait_for_line(Duration::from_secs(5), |line| line.contains("/no\\\""));
+    let quoted = quoted.unwrap_or_else(|| panic!("no line for the quoted path"));
+    assert!(
+        quoted.contains(r#" "GET /no\"such" - 404 "#),
+        "quote not escaped: {quoted}"
+    );
+    let escaped = daemon.wait_for_line(Duration::from_secs(5), |line| {
+        line.contains("\"GET /healthz\"") && line.contains("query=")
+    });
+    let escaped = escaped.unwrap_or_else(|| panic!("no line for the escaped query"));
+    assert!(
+        escaped.ends_with(r#"query="x=a\\b\xc3\xa9""#),
+        "query not escaped: {escaped}"
+    );
+    let long = format!("/files/search?name={}", "a".repeat(4000));
+    assert_eq!(daemon.get(&long).status, 200);
+    let line = daemon
+        .wait_for_line(Duration::from_secs(5), |line| {
+            line.contains("\"GET /files/search\"")
+        })
+        .unwrap_or_else(|| panic!("no line for the long query"));
+    assert!(
+        line.ends_with("…\""),
+        "long query not marked as cut: {line}"
+    );
+    assert!(
+        line.len() < 1000,
+        "long query not bounded: {} bytes",
+        line.len()
+    );
 }
 
 /// A raw GET whose body is read slowly, piece by piece: returns the status, the headers

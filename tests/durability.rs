@@ -1,4 +1,4 @@
-//! Durability and recovery (SPEC §4), against the real binary: a crash at an exact step of
+//! Durability and recovery, against the real binary: a crash at an exact step of
 //! the put and delete protocols, injected write, rename, journal and sync errors, a final
 //! name already taken, dedup over a damaged stored copy, a damaged or torn journal, and
 //! `storage/` or `metadata/` on a file system of their own.
@@ -603,7 +603,7 @@ fn with_marker(seed: u64) -> TestFile {
     file
 }
 
-/// Each data file system is synced before a 200 (SPEC §4 with durability `batch`):
+/// Each data file system is synced before a 200 with durability `batch`:
 /// `sub_dir` (`metadata` or `storage`) of the data dir is a 64 MiB ext4 image mounted
 /// through a loop device, the rest on the host's file system. Twenty uploads, one file per
 /// request; right after each 200 the image file itself is read (a plain read on the host:

@@ -1,8 +1,7 @@
-//! Hostile and slow clients (issue 7; SPEC §3 "Hostile and slow clients", §2 start-up as
-//! any user): trickling uploads, slowloris heads, thousands of idle connections, a part
-//! header that never ends, a panic reachable from a query, a body that holds its final
-//! boundary but is cut short, a flood of parts, errors from the HTTP layer, and a start as
-//! an ordinary user under the usual `ulimit -l`.
+//! Hostile and slow clients: trickling uploads, slowloris heads, thousands of idle
+//! connections, a part header that never ends, a panic reachable from a query, a body that
+//! holds its final boundary but is cut short, a flood of parts, errors from the HTTP layer,
+//! and a start as an ordinary user under the usual `ulimit -l`.
 //!
 //! Raw `std::net::TcpStream`s give byte-level control where the client must misbehave.
 //! Every loop is bounded in count and time, every thread is joined, only loopback is used.
@@ -25,18 +24,19 @@ use std::time::{Duration, Instant};
 use common::*;
 use rhinobox::client::{MediaKind, Multipart, Response};
 
-/// How long a normal request may take while hostile clients are connected (issue 7).
+/// How long a normal request may take while hostile clients are connected.
 const NORMAL_REPLY_MAX: Duration = Duration::from_secs(3);
-/// How long an upload beside a part flood may take (issue 7: up to 3.7 s measured).
+/// How long an upload beside a part flood may take (up to 3.7 s was
+/// measured on a defective daemon).
 const BESIDE_FLOOD_REPLY_MAX: Duration = Duration::from_secs(1);
-/// A malformed body must be refused early: SPEC says within a second; this leaves room
+/// A malformed body must be refused early, within a second; this leaves room
 /// for a loaded CI host while still far below the 58 s measured on the defective daemon.
 const EARLY_REFUSAL_MAX: Duration = Duration::from_secs(3);
-/// Growth of the daemon's resident memory allowed for one hostile request (issue 7).
+/// Growth of the daemon's resident memory allowed for one hostile request.
 const RSS_GROWTH_MAX_KIB: u64 = 16 * 1024;
 /// Size of the never-ending part header and of the never-ending preamble.
 const BOMB_BYTES: u64 = 300 * 1024 * 1024;
-/// Hostile connections per daemon core in the trickling test (issue 7: about 70 pin
+/// Hostile connections per daemon core in the trickling test (about 70 once pinned
 /// every io buffer of a core).
 const TRICKLING_PER_CORE: usize = 70;
 /// Cores the trickling daemon runs.
@@ -605,7 +605,7 @@ fn trickling_uploads_do_not_delay_others(test: &'static str, put: bool) {
     findings.finish();
 }
 
-/// Trickling multipart uploads (SPEC §3: a client waiting on the network holds no shared
+/// Trickling multipart uploads (a client waiting on the network holds no shared
 /// resource). How: `--workers 2`, 140 connections (70 per core) each POST a multipart head
 /// with a 100 MB Content-Length and 1000 bytes of the file (every fifth 200 KiB, past the
 /// small io buffer), then one byte per second. A normal client's 4 KiB and 5 MiB uploads
@@ -625,7 +625,7 @@ fn trickling_put_uploads_do_not_delay_other_uploads() {
     trickling_uploads_do_not_delay_others("trickling_put_uploads_do_not_delay_other_uploads", true);
 }
 
-/// Slowloris heads (SPEC §3: no slow request delays other clients). How: 200 connections
+/// Slowloris heads (no slow request delays other clients). How: 200 connections
 /// send the head of an upload one byte per second and never finish it; meanwhile a normal
 /// client's 4 KiB and 5 MiB uploads each get 200 within 3 s, and `/healthz` answers.
 #[test]
@@ -716,14 +716,14 @@ fn open_idle_connections(addr: SocketAddr, count: usize) -> IdleOpened {
     opened
 }
 
-/// 2,000 idle connections (SPEC §3: connections that wait hold nothing others need; a wait
+/// 2,000 idle connections (connections that wait hold nothing others need; a wait
 /// for a connection slot is bounded). How: open 2,000 connections that send nothing, from
 /// four threads at once; none may take over 0.5 s to connect (a burst must not overflow the listen
 /// backlog, which drops SYNs and costs each such client a 1 s, 3 s, 7 s... retry); a
 /// normal 4 KiB upload and the download of a stored file each succeed within 3 s; after
 /// the 2,000 close, `/stats` counts no other live connection within 5 s. The daemon's RSS
-/// before, with and after the connections is printed (issue 7 asks why it levels at
-/// ~65 MB; not asserted here).
+/// before, with and after the connections is printed (to see where it levels,
+/// ~65 MB once; not asserted here).
 #[test]
 fn idle_connections_do_not_block_and_are_released() {
     let _serial = serial();
@@ -907,7 +907,7 @@ peak from {})",
     findings.finish();
 }
 
-/// The part-header bomb (SPEC §3: a part header that never ends is a 400, early; memory
+/// The part-header bomb (a part header that never ends is a 400, early; memory
 /// does not grow with what a client sends). How: one POST, `boundary=B`, body `--B\r\nX: `
 /// then 300 MiB of `a`, streamed and stopped as soon as the daemon answers: a 400 JSON
 /// error within 3 s, and the daemon's peak RSS (VmHWM, reset before) less than 16 MiB
@@ -920,7 +920,7 @@ fn part_header_bomb_is_400_early_with_bounded_memory() {
     );
 }
 
-/// A multipart preamble that never reaches a boundary (SPEC §3: the preamble is bounded).
+/// A multipart preamble that never reaches a boundary (the preamble is bounded).
 /// How: as the part-header bomb, the body being 300 MiB of `a` with no `--B` at all: a 400
 /// JSON error within 3 s, peak RSS growth under 16 MiB.
 #[test]
@@ -928,8 +928,8 @@ fn endless_preamble_is_400_early_with_bounded_memory() {
     bomb_is_refused_early_and_small("endless_preamble_is_400_early_with_bounded_memory", b"");
 }
 
-/// A search that panicked the handler (issue 7: `split_at` inside a UTF-8 character;
-/// SPEC §3: no panic from input, counters released). How: `GET /files/search?from=
+/// A search that panicked the handler (once: `split_at` inside a UTF-8 character;
+/// no panic is reachable from input, counters released). How: `GET /files/search?from=
 /// 2026-01-15T1234567%C3%A912345` must be a 400 JSON error; once the client closed,
 /// `/stats` counts no other live connection (bounded poll); the daemon still serves; and
 /// with `--shutdown-timeout-s 20` SIGTERM makes it exit 0 within 5 s (a leaked connection
@@ -1046,7 +1046,7 @@ Content-Length: {}\r\n\r\n",
 }
 
 /// A body that holds its final boundary but is shorter than its Content-Length, the
-/// client then half-closing (SPEC §3: commit only at the end of the body; a body cut
+/// client then half-closing (commit only at the end of the body; a body cut
 /// short is a 400 and stores nothing). How: a one-file multipart body, complete, sent
 /// under a Content-Length 1000 bytes larger; after 0.5 s `shutdown(SHUT_WR)`. The reply
 /// must be a 400 JSON error; nothing under `storage/` (`.tmp` empty), `/statistics` files
@@ -1069,8 +1069,8 @@ fn terminated_body_cut_short_by_reset_stores_nothing() {
     );
 }
 
-/// The part flood: 10,001 tiny file parts with the default `--max-parts` of 10,000 (SPEC
-/// §3: cheap to refuse, nobody else delayed). How: `--workers 1`, so the floods and the
+/// The part flood: 10,001 tiny file parts with the default `--max-parts` of 10,000
+/// (cheap to refuse, nobody else delayed). How: `--workers 1`, so the floods and the
 /// other client share the core; two clients send the flood at the same time while another
 /// uploads a 4 KiB file again and again on fresh connections. Each flood gets a 400 JSON
 /// error within 3 s; every upload that overlaps the floods gets 200 within 1 s;
@@ -1181,7 +1181,7 @@ fn raw_exchange(addr: SocketAddr, request: &[u8]) -> Timed {
     }
 }
 
-/// Errors of the HTTP layer are JSON too (SPEC §3: errors are always JSON; issue 7: hyper
+/// Errors of the HTTP layer are JSON too (errors are always JSON; hyper once
 /// answered these with an empty body). How: raw requests with a bad request line,
 /// conflicting Content-Length headers, a header line without a colon, a URL over 64 KiB,
 /// and 101 headers; each must get its status (400, 400, 400, 414, 431) with
@@ -1326,7 +1326,7 @@ fn start_as_nobody(findings: &mut Findings, flags: &[&str]) {
     );
 }
 
-/// A start as an ordinary user (SPEC §2: the defaults start as a non-root user with the
+/// A start as an ordinary user (the defaults start as a non-root user with the
 /// usual `ulimit -l` of 8 MiB). How: as root (CI runs as root; skipped with a printed
 /// reason otherwise), run the daemon as uid/gid 65534 (`setpriv`) under `prlimit
 /// --memlock=8388608:8388608`, with a data dir owned by 65534, `--io-engine auto`, with

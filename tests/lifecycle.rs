@@ -326,7 +326,9 @@ fn second_daemon_on_same_data_dir_is_refused() {
     assert_eq!(daemon.get("/healthz").status, 200);
 }
 
-/// Every request is logged in one line `"POST /ingest/media" - 200 <N>B in <x>ms`.
+/// Every request is logged in one line `ADDR "METHOD PATH" - STATUS <N>B in <x>ms`, with
+/// ` query="..."` after it when the request had a query: ADDR is the client's address
+/// and port as the daemon saw them (regression: no address and no query were logged).
 #[test]
 fn access_log_line_format() {
     let daemon = Daemon::start();
@@ -336,7 +338,19 @@ fn access_log_line_format() {
             l.contains("\"POST /ingest/media\" - 200 ")
         })
         .unwrap_or_else(|| panic!("no access log line:\n{}", daemon.log_text()));
-    let rest = line.split("\"POST /ingest/media\" - 200 ").nth(1).unwrap();
+    let line = line.strip_prefix("stderr: ").unwrap();
+    let (peer, rest) = line
+        .split_once(" \"POST /ingest/media\" - 200 ")
+        .unwrap_or_else(|| panic!("format: {line}"));
+    let peer: std::net::SocketAddr = peer
+        .parse()
+        .unwrap_or_else(|_| panic!("no client address in front of {line}"));
+    assert_eq!(peer.ip(), daemon.addr.ip(), "{line}");
+    assert_ne!(
+        peer.port(),
+        daemon.addr.port(),
+        "the client's port, not ours: {line}"
+    );
     let (bytes, rest) = rest
         .split_once("B in ")
         .unwrap_or_else(|| panic!("format: {line}"));
@@ -347,15 +361,70 @@ fn access_log_line_format() {
     let millis = rest
         .trim_end()
         .strip_suffix("ms")
-        .unwrap_or_else(|| panic!("unit in {line}"));
+        .unwrap_or_else(|| panic!("unit in {line} (no query: no query field)"));
     assert!(
         millis.parse::<f64>().is_ok_and(|ms| ms >= 0.0),
         "duration in {line}"
     );
+    assert_eq!(daemon.get("/files?page=1&limit=5").status, 200);
+    let listed = daemon.wait_for_line(Duration::from_secs(5), |l| {
+        l.contains("\"GET /files\" - 200 ") && l.ends_with("ms query=\"page=1&limit=5\"")
+    });
+    assert!(listed.is_some(), "query not logged:\n{}", daemon.log_text());
     let get = daemon.get("/healthz");
     assert_eq!(get.status, 200);
     let logged = daemon.wait_for_line(Duration::from_secs(5), |l| {
         l.contains("\"GET /healthz\" - 200 ")
     });
     assert!(logged.is_some(), "GET not logged:\n{}", daemon.log_text());
+}
+
+/// `--addr :PORT` listens on every IPv4 and IPv6 address: one daemon started with `:0`
+/// answers over 127.0.0.1 and over [::1], and logs each client as it connected
+/// (`127.0.0.1:P`, not `[::ffff:127.0.0.1]:P`). On a host without IPv6 the daemon says so
+/// in one warning line and the IPv6 half is skipped with a printed reason.
+#[test]
+fn every_interface_port_listens_on_ipv4_and_ipv6() {
+    let daemon = Daemon::builder().args(&["--addr", ":0"]).start();
+    let port = daemon.addr.port();
+    let answer = |addr: std::net::SocketAddr| {
+        Connection::connect(addr)
+            .and_then(|mut c| c.request("GET", "/healthz", &[], b""))
+            .map(|r| r.status)
+    };
+    let ipv4: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    assert_eq!(answer(ipv4).expect("connect over 127.0.0.1"), 200);
+    let has_ipv6 = std::net::TcpListener::bind("[::1]:0").is_ok();
+    if has_ipv6 {
+        assert!(
+            daemon.addr.is_ipv6(),
+            "`:0` did not bind [::]: {}",
+            daemon.addr
+        );
+        let ipv6: std::net::SocketAddr = (std::net::Ipv6Addr::LOCALHOST, port).into();
+        assert_eq!(answer(ipv6).expect("connect over [::1]"), 200);
+    } else {
+        let warned = daemon
+            .log_text()
+            .contains("rhinobox: warning: no IPv6 on this host");
+        assert!(warned, "no IPv6 here, and the daemon did not say so");
+        eprintln!("SKIPPED: the IPv6 half (this host has no IPv6 loopback)");
+    }
+    let logged = |prefix: &str| {
+        daemon.wait_for_line(Duration::from_secs(5), |l| {
+            l.starts_with(prefix) && l.contains("\"GET /healthz\" - 200")
+        })
+    };
+    assert!(
+        logged("stderr: 127.0.0.1:").is_some(),
+        "IPv4 client not logged as 127.0.0.1:\n{}",
+        daemon.log_text()
+    );
+    if has_ipv6 {
+        assert!(
+            logged("stderr: [::1]:").is_some(),
+            "IPv6 client not logged as [::1]:\n{}",
+            daemon.log_text()
+        );
+    }
 }

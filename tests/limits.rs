@@ -230,7 +230,7 @@ fn errors_are_json() {
     assert_json_error(&daemon.get(&unknown), 404, None);
 }
 
-/// Back-pressure (SPEC §3): with `--queue-capacity 1`, a client that stalls mid-file holds
+/// Back-pressure: with `--queue-capacity 1`, a client that stalls mid-file holds
 /// the only job slot; a second upload (12 MiB, sent whole before its reply is read) waits
 /// for a slot, and after 5 s gets 503 with `Retry-After` and a JSON error — not a reset —
 /// storing nothing. Once the stalled client goes away the

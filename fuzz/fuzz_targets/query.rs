@@ -10,7 +10,7 @@ use libfuzzer_sys::fuzz_target;
 use rhinobox::api::manage::parse_time;
 use rhinobox::api::query::param;
 
-/// The parameters the API reads (SPEC §4), and one that is never sent.
+/// The parameters the API reads, and one that is never sent.
 const NAMES: &[&str] = &[
     "from",
     "to",

@@ -16,6 +16,9 @@ pub type Body = UnsyncBoxBody<Bytes, io::Error>;
 /// Seconds a client should wait after a 503.
 pub const RETRY_AFTER_S: u64 = 1;
 
+/// The challenge of every 401: a Bearer token (`Authorization: Bearer <token>`).
+pub const WWW_AUTHENTICATE_BEARER: &str = "Bearer realm=\"rhinobox\"";
+
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
@@ -79,6 +82,13 @@ impl ApiError {
             response.headers_mut().insert(
                 header::RETRY_AFTER,
                 header::HeaderValue::from(RETRY_AFTER_S),
+            );
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            // RFC 9110 §11.6.1: a 401 names the scheme the client must use (RFC 6750).
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static(WWW_AUTHENTICATE_BEARER),
             );
         }
         response

@@ -331,7 +331,7 @@ mod tests {
             "2026-01-15T10:30:00",
             "2026-1-5",
             "",
-            // Once a panic (a byte slice inside a UTF-8 character), issue 7.
+            // Once a panic (a byte slice inside a UTF-8 character): a search that must be a 400.
             "2026-01-15T1234567\u{e9}12345",
             "2026-01-15T10:30:00\u{e9}0:00",
             "\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}T\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}",

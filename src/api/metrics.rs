@@ -4,7 +4,10 @@
 //! on demand. Histogram buckets are fixed at start-up.
 
 use std::fmt::Write;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::store::Store;
 
 /// Upper bounds of the request duration histogram, in seconds.
 pub const DURATION_BUCKETS_S: [f64; 12] = [
@@ -95,4 +98,72 @@ pub fn encode_scalar(out: &mut String, name: &str, kind: &str, help: &str, value
         out,
         "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
     );
+}
+
+/// Appends the gauges of what is stored now (as /statistics reports it), of the room left
+/// on each data file system (what an operator alerts on before uploads get 507), and
+/// `rhinobox_build_info` (what a dashboard groups by).
+pub fn encode_store_gauges(out: &mut String, store: &Store, io_engine: &str) {
+    let totals = store.index.totals();
+    let files: u64 = totals.iter().map(|(_, t)| t.files).sum();
+    let bytes: u64 = totals.iter().map(|(_, t)| t.bytes).sum();
+    encode_scalar(
+        out,
+        "rhinobox_stored_files",
+        "gauge",
+        "Files stored now (as /statistics reports).",
+        files,
+    );
+    encode_scalar(
+        out,
+        "rhinobox_stored_bytes",
+        "gauge",
+        "Bytes of the files stored now (as /statistics reports).",
+        bytes,
+    );
+    out.push_str(
+        "# HELP rhinobox_free_bytes Bytes available to unprivileged users on the file system \
+         of each data directory (statvfs f_bavail * f_frsize).\n",
+    );
+    out.push_str("# TYPE rhinobox_free_bytes gauge\n");
+    let metadata_dir = store.data_dir.join("metadata");
+    for (dir, path) in [
+        ("storage", store.storage_dir.as_path()),
+        ("metadata", metadata_dir.as_path()),
+    ] {
+        // A directory that cannot be asked (removed under the daemon) has no sample
+        // rather than a made-up one.
+        if let Ok(free) = free_bytes(path) {
+            let _ = writeln!(out, "rhinobox_free_bytes{{dir=\"{dir}\"}} {free}");
+        }
+    }
+    out.push_str(
+        "# HELP rhinobox_build_info The daemon's version, io engine and durability; always 1.\n",
+    );
+    out.push_str("# TYPE rhinobox_build_info gauge\n");
+    let _ = writeln!(
+        out,
+        "rhinobox_build_info{{version=\"{}\",io_engine=\"{io_engine}\",durability=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION"),
+        store.durability.as_str()
+    );
+}
+
+/// Bytes an unprivileged writer can still use on the file system holding `path`.
+// The casts are no-ops here but not on 32-bit targets, whose counts are 32-bit.
+#[allow(clippy::unnecessary_cast)]
+fn free_bytes(path: &Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    let mut stats = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `path` is a NUL-terminated string that outlives the call, and `stats` points
+    // to memory for one statvfs struct, which the kernel fills when the call succeeds.
+    let rc = unsafe { libc::statvfs(path.as_ptr(), stats.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: statvfs returned 0, so it filled the whole struct.
+    let stats = unsafe { stats.assume_init() };
+    Ok((stats.f_bavail as u64).saturating_mul(stats.f_frsize as u64))
 }

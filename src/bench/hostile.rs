@@ -1,4 +1,4 @@
-//! The hostile group (issue 7, "Measure and report"): what normal clients get while
+//! The hostile group: what normal clients get while
 //! other clients misbehave.
 //!
 //! - **trickle**: normal clients (single-file 4 KiB POSTs) undisturbed, then beside
@@ -35,7 +35,7 @@ use super::workload::{Sizes, Workload, fresh_nonce};
 /// Content-Length a trickling upload announces and never sends.
 const TRICKLE_DECLARED_BYTES: u64 = 100_000_000;
 /// First chunk of a trickling upload: most send a little, every fifth enough to get past
-/// the small io buffer (64 KiB) into the large ones (issue 7's finding).
+/// the small io buffer (64 KiB) into the large ones (where slow clients once pinned the pool).
 const TRICKLE_FIRST_SMALL_BYTES: usize = 1000;
 const TRICKLE_FIRST_LARGE_BYTES: usize = 200 * 1024;
 /// Pause between two bytes of one trickling upload.
@@ -809,7 +809,7 @@ pub fn print_summary(outcome: &HostileOutcome) {
     if outcome.trickle.is_none() && outcome.search.is_none() && outcome.floods.is_none() {
         return;
     }
-    println!("\n### Hostile clients (issue 7; medians over rounds)\n");
+    println!("\n### Hostile clients (medians over rounds)\n");
     println!("| shape | figure | this run | goal | |");
     println!("|---|---|---|---|---|");
     let verdict = |met: Option<bool>| match met {

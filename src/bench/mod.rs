@@ -1,4 +1,4 @@
-//! The end-to-end benchmark harness behind `rhinobox-bench` (SPEC §6, issue 3).
+//! The end-to-end benchmark harness behind `rhinobox-bench`.
 //!
 //! A load generator made of blocking client threads (one keep-alive connection each),
 //! pointed at any server that speaks `POST /ingest/media` or plain `PUT`, or at a daemon
@@ -15,8 +15,9 @@
 //! - [`index_scale`]: a journal of a million records written through the library, and
 //!   the daemon's start-up time and memory on it.
 //! - [`hostile`]: normal clients beside trickling uploads, searches over a large index,
-//!   and connection floods (issue 7).
-//! - [`report`]: one result per run, the seed table, the targets table, JSON.
+//!   and connection floods.
+//! - [`report`]: one result per run, the reference table (the Go RhinoBox's
+//!   targets and figures), the targets table, JSON.
 //! - [`scenarios`]: the suites that tie the rest together.
 
 pub mod ceiling;

@@ -1,5 +1,6 @@
-//! Results: one [`RunResult`] per run, and the tables printed at the end (the seed's table,
-//! issue 3's targets, worker scaling, side-by-side ratios) — the same figures go to JSON.
+//! Results: one [`RunResult`] per run, and the tables printed at the end (the Go
+//! RhinoBox's targets and figures, this daemon's targets, worker scaling, side-by-side
+//! ratios) — the same figures go to JSON.
 
 use serde::Serialize;
 
@@ -173,7 +174,8 @@ pub fn find<'a>(runs: &'a [RunResult], scenario: &str) -> Option<&'a RunResult> 
         .find(|r| r.scenario == scenario && r.target == "A")
 }
 
-/// The seed's table (SPEC §6) with this run's figures.
+/// The targets and measured figures of the Go RhinoBox, which this daemon re-implements,
+/// beside this run's figures.
 pub fn seed_table(runs: &[RunResult]) -> Vec<Row> {
     let single = find(runs, "seed/single");
     let batch100 = find(runs, "seed/batch100");
@@ -255,7 +257,8 @@ pub fn seed_table(runs: &[RunResult]) -> Vec<Row> {
     ]
 }
 
-/// Issue 3's targets for this 2-core machine, 4 KiB files.
+/// This daemon's own targets on a 2-core machine, 4 KiB files: sustained rates against
+/// the file-system ceiling and fixed floors, latency, memory.
 pub fn targets_table(runs: &[RunResult], nginx_ratio: Option<f64>) -> Vec<Row> {
     let mut rows = Vec::new();
     let mut push = |metric: &str, target: &str, value: Option<f64>, text: String, ok: bool| {

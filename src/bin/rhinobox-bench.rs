@@ -1,4 +1,4 @@
-//! `rhinobox-bench`: the end-to-end benchmark harness (SPEC §6). Thin: parses flags, runs
+//! `rhinobox-bench`: the end-to-end benchmark harness. Thin: parses flags, runs
 //! the suite of [`rhinobox::bench::scenarios`], prints the tables and writes JSON.
 //!
 //! ```text
@@ -173,12 +173,12 @@ fn main() -> ExitCode {
     let seed = report::seed_table(&suite.runs);
     let targets = report::targets_table(&suite.runs, nginx_ratio);
     report::print_table(
-        "Seed table (SPEC §6)",
-        ["Metric", "seed target", "seed measured", "this run"],
+        "Reference: the Go RhinoBox",
+        ["Metric", "its target", "it measured", "this run"],
         &seed,
     );
     report::print_table(
-        "Issue 3 targets (2-core host, 4 KiB files)",
+        "Targets (2-core host, 4 KiB files)",
         ["Metric", "target", "", "this run"],
         &targets,
     );

@@ -38,7 +38,7 @@ pub struct IngestContext {
     pub store: Arc<Store>,
     pub io: CoreIo,
     pub limits: Arc<Limits>,
-    /// SPEC §3 job slots, shared by all cores: bounds files in flight.
+    /// Job slots, shared by all cores: bounds files in flight.
     pub job_slots: Arc<Semaphore>,
     pub stats: Arc<CoreCounters>,
     /// Small files kept in memory until commit, bounded per core.

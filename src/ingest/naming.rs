@@ -1,6 +1,6 @@
 //! Names: decoding what the client sent (Content-Disposition) and sanitizing what we store.
 //!
-//! Decoding (SPEC §3): `filename*` (RFC 5987) wins; in a quoted value backslash escapes
+//! Decoding: `filename*` (RFC 5987) wins; in a quoted value backslash escapes
 //! are undone, then percent-escapes decoded, and the bytes read as UTF-8. Quotes, `;` and
 //! `=` inside a quoted value never split parameters.
 //!
@@ -158,7 +158,7 @@ mod tests {
         parse_disposition(header.as_bytes()).filename
     }
 
-    /// The decoding rules of SPEC §3, one case each.
+    /// The decoding rules above, one case each.
     #[test]
     fn filename_decoding() {
         assert_eq!(

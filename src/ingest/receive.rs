@@ -1,6 +1,6 @@
 //! Receiving one file: chunks → BLAKE3 + sniff head → memory or a file in `storage/.tmp/`.
 //!
-//! A file holds one job slot (SPEC §3 back-pressure) from its first byte until it is in
+//! A file holds one job slot (back-pressure) from its first byte until it is in
 //! memory or its tmp file is written and closed.
 //!
 //! Shared resources are held only while bytes flow:

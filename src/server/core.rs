@@ -23,7 +23,12 @@ use crate::ingest::IngestContext;
 use crate::store::io::CoreIo;
 
 /// A connection handed to a core, with the permit that counts it against the limit.
-pub type Handoff = (std::net::TcpStream, OwnedSemaphorePermit);
+pub struct Handoff {
+    pub stream: std::net::TcpStream,
+    /// The client's address as accepted (IPv4-mapped addresses made IPv4), for the log.
+    pub peer: std::net::SocketAddr,
+    pub permit: OwnedSemaphorePermit,
+}
 
 /// Starts the core thread; `ready` reports whether its runtime and io engine came up.
 pub fn spawn_core(
@@ -187,13 +192,13 @@ async fn run_core(
     loop {
         tokio::select! {
             handoff = connections.recv() => {
-                let Some((stream, permit)) = handoff else { break };
+                let Some(Handoff { stream, peer, permit }) = handoff else { break };
                 shared.cores[core_id].queue_len.fetch_sub(1, Ordering::Relaxed);
                 let guard = LiveConnection::new(core_id, shared.clone(), tracker.clone(), permit);
                 let (shared, ctx) = (shared.clone(), ctx.clone());
                 let shutdown = shutdown.clone();
                 tokio::task::spawn_local(async move {
-                    serve_connection(&shared, ctx, stream, shutdown).await;
+                    serve_connection(&shared, ctx, stream, peer, shutdown).await;
                     drop(guard);
                 });
             }
@@ -221,6 +226,7 @@ async fn serve_connection(
     shared: &Arc<Shared>,
     ctx: Rc<IngestContext>,
     stream: std::net::TcpStream,
+    peer: std::net::SocketAddr,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
@@ -239,11 +245,11 @@ async fn serve_connection(
         let (shared, ctx) = (service_shared.clone(), ctx.clone());
         let guard = service_in_flight.start();
         async move {
-            let response = router::serve(shared, ctx, request, guard).await;
+            let response = router::serve(shared, ctx, peer, request, guard).await;
             Ok::<_, std::convert::Infallible>(response)
         }
     });
-    let io = JsonParseErrors::new(TokioIo::new(stream), in_flight, shared.clone());
+    let io = JsonParseErrors::new(TokioIo::new(stream), in_flight, shared.clone(), peer);
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)

@@ -13,6 +13,7 @@ pub mod core;
 pub mod parse_errors;
 pub mod router;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
@@ -62,6 +63,14 @@ impl Shared {
         self.config.limits.jobs_in_flight_max - self.job_slots.available_permits()
     }
 
+    /// The io engine the cores run: `uring` or `threads`.
+    pub fn engine_name(&self) -> &'static str {
+        match self.engine {
+            EngineChoice::Uring => "uring",
+            EngineChoice::Threads => "threads",
+        }
+    }
+
     pub fn stats_json(&self) -> serde_json::Value {
         let per_core: Vec<_> = self
             .cores
@@ -77,7 +86,7 @@ impl Shared {
             })
             .collect();
         json!({
-            "io_engine": match self.engine { EngineChoice::Uring => "uring", EngineChoice::Threads => "threads" },
+            "io_engine": self.engine_name(),
             "durability": self.config.durability.as_str(),
             "cores": self.cores.len(),
             "queue_capacity": self.config.limits.jobs_in_flight_max,
@@ -201,16 +210,8 @@ pub fn run(mut config: Config) -> Result<i32, StartError> {
     let (store, report) =
         Store::open(&config.data_dir, config.durability).map_err(|e| StartError(e.0))?;
     let (engine, pools_note) = choose_engine(&mut config, &store.tmp_dir)?;
-    let listener = std::net::TcpListener::bind(config.addr).map_err(|e| {
-        StartError(format!(
-            "RHINOBOX_ADDR/--addr: cannot bind {}: {e}",
-            config.addr
-        ))
-    })?;
-    listener
-        .set_nonblocking(true)
-        .map_err(|e| StartError(format!("listener: {e}")))?;
-    set_listen_backlog(&listener, config.limits.connections_max);
+    let backlog = listen_backlog(config.limits.connections_max);
+    let listener = listen(&config, backlog)?;
     raise_open_file_limit(config.limits.connections_max);
     let local_addr = listener
         .local_addr()
@@ -342,8 +343,13 @@ async fn accept_until_signal(
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
         };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
+        let (stream, peer) = match accepted {
+            // A dual-stack socket reports IPv4 clients as `::ffff:a.b.c.d`; the log says
+            // `a.b.c.d`, as an IPv4-only socket would.
+            Ok((stream, peer)) => (
+                stream,
+                SocketAddr::new(peer.ip().to_canonical(), peer.port()),
+            ),
             Err(e) => {
                 // EMFILE/ENFILE and friends: back off briefly rather than spin.
                 crate::log_line!("rhinobox: accept failed: {e}");
@@ -360,7 +366,12 @@ async fn accept_until_signal(
         let core = next_core % senders.len();
         next_core = next_core.wrapping_add(1);
         shared.cores[core].queue_len.fetch_add(1, Ordering::Relaxed);
-        if senders[core].send((stream, permit)).await.is_err() {
+        let handoff = core::Handoff {
+            stream,
+            peer,
+            permit,
+        };
+        if senders[core].send(handoff).await.is_err() {
             shared.cores[core].queue_len.fetch_sub(1, Ordering::Relaxed);
         }
     }
@@ -405,22 +416,79 @@ fn start_memory_trimmer(shared: Arc<Shared>) {
     }
 }
 
-/// Sizes the listen queue to the connection limit (std listens with a backlog of 128: a
-/// burst of connects beyond it loses SYNs, and those clients wait 1 s, then 3 s, for the
-/// retransmit). The kernel caps it at `net.core.somaxconn`; a lower cap is said once.
-fn set_listen_backlog(listener: &std::net::TcpListener, connections_max: usize) {
-    use std::os::fd::AsRawFd;
-    let backlog = connections_max.clamp(128, 65_535) as i32;
-    // SAFETY: listen(2) on a socket we own, already listening: Linux only updates its
-    // backlog. No memory is passed.
-    let rc = unsafe { libc::listen(listener.as_raw_fd(), backlog) };
-    if rc != 0 {
-        crate::log_line!(
-            "rhinobox: warning: cannot raise the listen backlog to {backlog}: {}",
-            std::io::Error::last_os_error()
-        );
-        return;
+/// Binds and listens. The `:PORT` form is one `[::]:PORT` socket with IPV6_V6ONLY off,
+/// so it takes IPv4 connections too (as `::ffff:a.b.c.d`) whatever `net.ipv6.bindv6only`
+/// says; on a host without IPv6 it falls back to `0.0.0.0:PORT` with one warning line.
+fn listen(config: &Config, backlog: i32) -> Result<std::net::TcpListener, StartError> {
+    let bind_error = |addr: SocketAddr, e: std::io::Error| {
+        let fix = match e.raw_os_error() {
+            Some(libc::EADDRINUSE) => {
+                "another process listens there: stop it or choose another \
+                                       port"
+            }
+            Some(libc::EACCES) => {
+                "ports below 1024 need root or CAP_NET_BIND_SERVICE: choose a \
+                                   port from 1024 up"
+            }
+            Some(libc::EADDRNOTAVAIL) => "that is not an address of this host",
+            _ => "choose another address",
+        };
+        StartError(format!(
+            "RHINOBOX_ADDR/--addr: cannot bind {addr}: {e}; {fix}"
+        ))
+    };
+    let listener = match bind_socket(config.addr, backlog, config.addr_every_interface) {
+        Ok(listener) => listener,
+        Err(e) if config.addr_every_interface && ipv6_missing(&e) => {
+            let ipv4 = SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, config.addr.port()));
+            crate::log_line!(
+                "rhinobox: warning: no IPv6 on this host ({e}); listening on IPv4 only ({ipv4})"
+            );
+            bind_socket(ipv4, backlog, false).map_err(|e| bind_error(ipv4, e))?
+        }
+        Err(e) => return Err(bind_error(config.addr, e)),
+    };
+    warn_if_backlog_capped(backlog);
+    Ok(listener)
+}
+
+/// Errors that say the host has no IPv6 (module absent, disabled, no address), as opposed
+/// to a port in use or a missing permission, which fail the start.
+fn ipv6_missing(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EAFNOSUPPORT | libc::EADDRNOTAVAIL | libc::EPROTONOSUPPORT)
+    )
+}
+
+/// A non-blocking listening socket on `addr` with SO_REUSEADDR (as std sets it, so a
+/// restart does not wait for TIME_WAIT connections) and the given backlog.
+fn bind_socket(
+    addr: SocketAddr,
+    backlog: i32,
+    dual_stack: bool,
+) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if dual_stack {
+        socket.set_only_v6(false)?;
     }
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(backlog)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+/// The listen queue sized to the connection limit (std listens with a backlog of 128: a
+/// burst of connects beyond it loses SYNs, and those clients wait 1 s, then 3 s, for the
+/// retransmit).
+fn listen_backlog(connections_max: usize) -> i32 {
+    connections_max.clamp(128, 65_535) as i32
+}
+
+/// The kernel caps the backlog at `net.core.somaxconn`; a lower cap is said once.
+fn warn_if_backlog_capped(backlog: i32) {
     let somaxconn = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
         .ok()
         .and_then(|v| v.trim().parse::<i32>().ok());

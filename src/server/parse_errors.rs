@@ -3,8 +3,8 @@
 //! When a request head cannot be parsed (a bad request line, conflicting Content-Length
 //! headers, a header line without a colon, a URL or head over the size limit, too many
 //! headers), hyper never calls our service: it writes `400`, `414` or `431` with an empty
-//! body and closes the connection, and offers no hook to shape that response. SPEC §3 wants
-//! every error as JSON, so [`JsonParseErrors`] sits between hyper and the socket and
+//! body and closes the connection, and offers no hook to shape that response. Every error
+//! of the API is JSON, so [`JsonParseErrors`] sits between hyper and the socket and
 //! replaces exactly that response — recognised as a write, while none of our own responses
 //! is in flight on the connection, of a whole head with status 400/414/431, `connection:
 //! close` and `content-length: 0` (our error responses always carry a JSON body) — by the
@@ -12,6 +12,7 @@
 //! access log like any request.
 
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -20,6 +21,7 @@ use std::task::{Context, Poll, ready};
 use hyper::rt::{Read, ReadBufCursor, Write};
 
 use super::Shared;
+use super::access_log::AccessEntry;
 
 /// Counts the responses of our service still being written on one connection (atomic
 /// only because response bodies must be `Send`; one core touches it).
@@ -87,16 +89,24 @@ pub struct JsonParseErrors<T> {
     inner: T,
     in_flight: ResponsesInFlight,
     shared: Arc<Shared>,
+    /// The client, for the access log.
+    peer: SocketAddr,
     /// A replacement response and how much of it was written.
     pending: Option<(Vec<u8>, usize)>,
 }
 
 impl<T> JsonParseErrors<T> {
-    pub fn new(inner: T, in_flight: ResponsesInFlight, shared: Arc<Shared>) -> Self {
+    pub fn new(
+        inner: T,
+        in_flight: ResponsesInFlight,
+        shared: Arc<Shared>,
+        peer: SocketAddr,
+    ) -> Self {
         JsonParseErrors {
             inner,
             in_flight,
             shared,
+            peer,
             pending: None,
         }
     }
@@ -129,13 +139,15 @@ impl<T: Write + Unpin> JsonParseErrors<T> {
         };
         let response = json_error_response(status, message);
         self.shared.http_metrics.observe(status, 0.0);
-        self.shared.access_log.record(
-            "-",
-            "(unparsable request)",
+        self.shared.access_log.record(&AccessEntry {
+            peer: self.peer,
+            method: "-",
+            path: "(unparsable request)",
+            query: None,
             status,
-            response.len() as u64,
-            0.0,
-        );
+            bytes_sent: response.len() as u64,
+            millis: 0.0,
+        });
         self.pending = Some((response, 0));
         true
     }

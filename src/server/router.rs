@@ -1,5 +1,6 @@
 //! HTTP routing: method + path → handler; auth; access log and metrics for every request.
 
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -12,6 +13,7 @@ use hyper::{Method, Request, Response, StatusCode, header};
 use serde_json::json;
 
 use super::Shared;
+use super::access_log::AccessEntry;
 use super::parse_errors::ResponseGuard;
 use crate::api::errors::{ApiError, Body, json_response};
 use crate::api::files::{FileEndpoint, serve_file};
@@ -26,12 +28,14 @@ use crate::ingest::request::{handle_post, handle_put};
 pub async fn serve(
     shared: Arc<Shared>,
     ctx: Rc<IngestContext>,
+    peer: SocketAddr,
     request: Request<Incoming>,
     in_flight: ResponseGuard,
 ) -> Response<Body> {
     let started = Instant::now();
     let method = request.method().clone();
     let path = request.uri().path().to_string();
+    let query = request.uri().query().map(str::to_string);
     // A panic is a bug, never a way for input to take the daemon down: it ends this request
     // with a 500 and closes its connection; every guard it held is dropped on the way.
     let routed = std::panic::AssertUnwindSafe(route(&shared, ctx, request))
@@ -46,8 +50,10 @@ pub async fn serve(
     // so a long download logs its real duration and the bytes actually sent.
     let record = RequestRecord {
         shared,
+        peer,
         method,
         path,
+        query,
         status: response.status().as_u16(),
         started,
         bytes_sent: 0,
@@ -79,8 +85,10 @@ fn panic_response(
 /// One request's access-log line and metrics, written on drop.
 struct RequestRecord {
     shared: Arc<Shared>,
+    peer: SocketAddr,
     method: Method,
     path: String,
+    query: Option<String>,
     status: u16,
     started: Instant,
     bytes_sent: u64,
@@ -94,13 +102,15 @@ impl Drop for RequestRecord {
         self.shared
             .http_metrics
             .observe(self.status, elapsed.as_secs_f64());
-        self.shared.access_log.record(
-            self.method.as_str(),
-            &self.path,
-            self.status,
-            self.bytes_sent,
-            elapsed.as_secs_f64() * 1e3,
-        );
+        self.shared.access_log.record(&AccessEntry {
+            peer: self.peer,
+            method: self.method.as_str(),
+            path: &self.path,
+            query: self.query.as_deref(),
+            status: self.status,
+            bytes_sent: self.bytes_sent,
+            millis: elapsed.as_secs_f64() * 1e3,
+        });
     }
 }
 
@@ -228,14 +238,10 @@ async fn route(
             manage::delete(ctx, &p["/files/".len()..]).await
         }
         (p, _) if p.starts_with("/files/") => Ok(method_not_allowed("DELETE")),
-        ("/healthz" | "/stats" | "/metrics" | "/ingest/media", _) => Err(ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method not allowed",
-        )),
-        (p, _) if p.starts_with("/ingest/media/") => Err(ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method not allowed",
-        )),
+        ("/healthz", _) => Ok(method_not_allowed("GET, HEAD")),
+        ("/stats" | "/metrics", _) => Ok(method_not_allowed("GET")),
+        ("/ingest/media", _) => Ok(method_not_allowed("POST")),
+        (p, _) if p.starts_with("/ingest/media/") => Ok(method_not_allowed("PUT")),
         _ => Err(ApiError::not_found(format!("no such endpoint: {path}"))),
     }
 }
@@ -308,6 +314,7 @@ fn metrics_response(shared: &Shared) -> Response<Body> {
         ));
     }
     shared.http_metrics.encode(&mut out);
+    crate::api::metrics::encode_store_gauges(&mut out, &shared.store, shared.engine_name());
     Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")

@@ -1,7 +1,7 @@
 //! Every stored file in journal order, readable newest first without stalling writers.
 //!
 //! The listing and search views read the whole index in order; publish and delete must
-//! never wait for such a pass (SPEC §3: reads of the in-memory indexes never stall
+//! never wait for such a pass (reads of the in-memory indexes never stall
 //! ingest). So the order is kept in fixed-size segments, each behind its own lock: a
 //! reader locks one segment at a time ([`SEGMENT_SLOTS`] entries, microseconds), a writer
 //! locks only the segment of the sequence number it changes. No lock is ever held across

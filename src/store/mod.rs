@@ -100,12 +100,7 @@ impl Store {
         let tmp_dir = storage_dir.join(".tmp");
         let metadata_dir = data_dir.join("metadata");
         for dir in [data_dir, &storage_dir, &tmp_dir, &metadata_dir] {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                OpenError(format!(
-                    "RHINOBOX_DATA_DIR/--data-dir: cannot create {}: {e}",
-                    dir.display()
-                ))
-            })?;
+            std::fs::create_dir_all(dir).map_err(|e| create_dir_error(dir, e))?;
         }
         let lock = lock_data_dir(data_dir)?;
         let storage_root = open_directory(&storage_dir)?;
@@ -215,6 +210,25 @@ impl Store {
             .bytes_deduplicated_total
             .fetch_add(bytes, Ordering::Relaxed);
     }
+}
+
+/// Names the data dir setting and the fix: `File exists` alone does not say that the
+/// path given (or one inside it) is a regular file.
+fn create_dir_error(dir: &Path, e: std::io::Error) -> OpenError {
+    let exists_as_file = dir.exists() && !dir.is_dir();
+    OpenError(if exists_as_file {
+        format!(
+            "RHINOBOX_DATA_DIR/--data-dir: {} exists and is not a directory; give the path of \
+             a directory (it is created when missing)",
+            dir.display()
+        )
+    } else {
+        format!(
+            "RHINOBOX_DATA_DIR/--data-dir: cannot create {}: {e}; give a path where this user \
+             can create directories",
+            dir.display()
+        )
+    })
 }
 
 fn lock_data_dir(data_dir: &Path) -> Result<File, OpenError> {

@@ -1,4 +1,4 @@
-//! Start-up recovery: what the store does before it trusts anything it reads (SPEC §4).
+//! Start-up recovery: what the store does before it trusts anything it reads.
 //!
 //! 1. Sync every file system of the data dir: after a kill -9 the page cache still holds
 //!    writes that never reached the disk; syncing first makes what is read below what a

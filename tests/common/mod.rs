@@ -43,8 +43,12 @@ const DAEMON_ENV: &[&str] = &[
     "RHINOBOX_QUEUE_CAPACITY",
     "RHINOBOX_DURABILITY",
     "RHINOBOX_API_TOKEN",
+    "RHINOBOX_API_TOKEN_FILE",
     "RHINOBOX_IO_ENGINE",
     "RHINOBOX_SHUTDOWN_TIMEOUT_S",
+    "RHINOBOX_MAX_CONNECTIONS",
+    "RHINOBOX_MAX_PARTS",
+    "RHINOBOX_DIRECT_IO_MIN_KB",
 ];
 
 /// The io engine this test target runs the daemon under: `threads` for the `*_threads`
@@ -627,6 +631,43 @@ pub fn run_until_exit(args: &[&str], env: &[(&str, &str)]) -> (ExitStatus, Vec<S
         }
         thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Like [`run_until_exit`], but a daemon still running after `timeout` (it started when
+/// it should have refused) is killed and gives `None`, so a test can go on to more cases.
+pub fn run_until_exit_or_kill(
+    args: &[&str],
+    env: &[(&str, &str)],
+    timeout: Duration,
+) -> (Option<ExitStatus>, Vec<String>) {
+    let mut command = Command::new(binary());
+    for name in DAEMON_ENV {
+        command.env_remove(name);
+    }
+    command.args(args).envs(env.iter().copied());
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().expect("spawn the rhinobox binary");
+    let log = Arc::new(Mutex::new(Vec::new()));
+    collect_lines(child.stdout.take().unwrap(), "stdout", log.clone());
+    collect_lines(child.stderr.take().unwrap(), "stderr", log.clone());
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            child.kill().ok();
+            child.wait().ok();
+            break None;
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    thread::sleep(Duration::from_millis(100)); // let the log threads finish
+    let lines = log.lock().unwrap().clone();
+    (status, lines)
 }
 
 /// A file to upload: its name as sent, its kind and its bytes.

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Power-loss and kill -9 tests of rhinobox (issue 9), CI size: 20 crash states per file system
+# Power-loss and kill -9 tests of rhinobox, CI size: 20 crash states per file system
 # (ext4, XFS), 20 kill -9 iterations, both io engines alternating, durability batch.
 # Needs root (losetup, mount, FUSE). Exit status: 0 clean, 1 violations, 2 set-up error.
 #
@@ -8,6 +8,7 @@
 #   tools/crashdisk/run-ci.sh --seed 42       # replay a run (seeds are printed)
 #   CRASHDISK_DAEMON=path/to/rhinobox tools/crashdisk/run-ci.sh   # test another build
 # Extra arguments go to `crashdisk ci` (see `crashdisk` without arguments for the flags).
+case "${1:-}" in -h | --help) sed -n '2,/^[^#]/s/^# \{0,1\}//p' "$0"; exit 0 ;; esac
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$PWD
@@ -56,7 +57,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# Strays fail the run: since the store logs place intents (issue 8) none may survive a start.
+# Strays fail the run: since the store logs place intents, none may survive a start.
 "$work/crashdisk" ci --daemon "$daemon" --work "$work" --strays-fail "$@" &
 harness=$!
 set +e

@@ -3,6 +3,7 @@
 # output: crash states, states with a violation, and the 1-based index of the first state
 # that caught one (counted among that row's states).
 #   tools/crashdisk/summarize.sh LOG...
+case "${1:-}" in -h | --help) sed -n '2,/^[^#]/s/^# \{0,1\}//p' "$0"; exit 0 ;; esac
 awk '
 function hit(k) {
     if (last[k] != n[k]) { bad[k]++; last[k] = n[k]; if (!(k in first)) first[k] = n[k] }

@@ -2,6 +2,9 @@
 # The runs of 2026-12-02-hostile, in the order they ran. From the repo root, after
 # `cargo build --release`; the pre-fix binaries are at /work/old-bin. Every data dir is
 # fresh, under WORK (ext4 without a journal, /dev/vda: see setup.txt), kept until the end.
+# usage: commands.sh STEP... with STEP one of ab, ab-swapped, ab-sizes, ab-sizes-swapped,
+#   floods10-N, hostile-WHO-ENGINE
+case "${1:-}" in -h | --help) sed -n '2,/^[^#]/s/^# \{0,1\}//p' "$0"; exit 0 ;; esac
 set -u
 OUT=benches/results/2026-12-02-hostile/raw
 WORK=${WORK:-/var/tmp/h4-bench-$(date +%s)}

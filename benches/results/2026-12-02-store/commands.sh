@@ -3,6 +3,7 @@
 # side by side on fresh data dirs, both 2 workers, durability batch, uring.
 #   OLD=/work/old-bin/rhinobox-9bb2383 NEW=./target/release/rhinobox \
 #     benches/results/2026-12-02-store/commands.sh ab|ab_swapped
+case "${1:-}" in -h | --help) sed -n '2,/^[^#]/s/^# \{0,1\}//p' "$0"; exit 0 ;; esac
 set -euo pipefail
 OLD=${OLD:?old binary} NEW=${NEW:-./target/release/rhinobox}
 OUT=${OUT:-benches/results/2026-12-02-store/raw} WORK=${WORK:-/var/tmp/store-ab}

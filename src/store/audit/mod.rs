@@ -1,4 +1,4 @@
-//! The offline admin commands: `rhinobox verify` and `rhinobox repair` (SPEC §4).
+//! The offline admin commands: `rhinobox verify` and `rhinobox repair`.
 //!
 //! Both take the data dir lock (`flock` on `<data>/.lock`, as the daemon does) for their
 //! whole run, so they refuse while a daemon serves the data dir and a daemon cannot start

@@ -4,7 +4,7 @@
 //! every byte replays from the seed. Each item is owned by at most one request at a time
 //! (the `busy` flag), and an item whose delete was ever sent is never uploaded again: the
 //! expectations stay exact without depending on how the daemon orders concurrent requests
-//! on one hash (that race belongs to issue 8).
+//! on one hash (a race this load does not set out to test).
 //!
 //! The crash (power cut or kill -9) happens with the ledger locked, so every reply recorded
 //! as acknowledged was read before the crash.
@@ -16,7 +16,8 @@ use std::time::Duration;
 use crate::http;
 use crate::rng::Rng;
 
-/// The file size classes of the issue; 0 B is one item (all empty files are one content).
+/// The file size classes: small, medium, multi-MiB; 0 B is one item (all empty files are
+/// one content).
 pub const SIZE_CLASSES_BYTES: [usize; 3] = [4096, 100 * 1024, 3 << 20];
 /// Client threads by default (`--workers`): enough to keep several requests in one group
 /// commit on 2 cores.
