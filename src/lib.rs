@@ -8,10 +8,11 @@
 //! - [`server`]: the front acceptor, one pinned runtime per core, HTTP routing, shutdown.
 //! - [`ingest`]: multipart stream → sniff → hash → stage in memory or `.tmp` → commit
 //!   (builds the records, calls the store's put).
-//! - [`store`]: the put and delete protocols (`store::protocol`), on-disk layout, the io
-//!   engines (uring | threads), the dedup index, the journal, start-up recovery and
-//!   compaction, group commit (durability); [`store::audit`] is the offline
-//!   `rhinobox verify` / `rhinobox repair`.
+//! - [`store`]: the put and delete protocols (`store::protocol`) over two sides — the
+//!   metadata side (`store::metadata`: the dedup index and the journal) and the blob side
+//!   (`store::blobs`: the tree under `storage/`, `.tmp`) — with the io engines (uring |
+//!   threads), start-up recovery and compaction, group commit (durability);
+//!   [`store::audit`] is the offline `rhinobox verify` / `rhinobox repair`.
 //! - [`api`]: errors as JSON, read/manage endpoints, metrics.
 //! - [`web`]: the web page at `/` (embedded HTML, CSS, JavaScript on the public API).
 //! - [`client`]: a small blocking HTTP/1.1 client, multipart encoder and media payload

@@ -193,6 +193,7 @@ async fn select_and_open(
                 .map_err(|e| path_open_error(&e))?;
             let file = ctx
                 .store
+                .metadata
                 .index
                 .get_by_path(&path)
                 .ok_or_else(|| ApiError::not_found(format!("no stored file at {path}")))?;
@@ -211,6 +212,7 @@ pub fn lookup_hash(ctx: &IngestContext, hex: &str) -> Result<Arc<StoredFile>, Ap
         ApiError::bad_request("invalid hash: expected 64 hexadecimal digits (BLAKE3)")
     })?;
     ctx.store
+        .metadata
         .index
         .get(&hash)
         .ok_or_else(|| ApiError::not_found(format!("no stored file with hash {hex}")))
@@ -299,7 +301,7 @@ impl OpenFile {
     /// Opens `relative` (below `storage/`) read-only beneath the store's root; a link on
     /// the way is refused ([`is_link_refused`]), a non-regular file is refused as missing.
     async fn open(ctx: &IngestContext, relative: &Path) -> io::Result<OpenFile> {
-        let root = ctx.store.storage_root();
+        let root = ctx.store.blobs.root();
         let (file, metadata) = match &ctx.io {
             // A blocking open on the core thread: tokio-uring has no openat2 with resolve
             // rules, and opening a local file is short, as creating one is (store::io does

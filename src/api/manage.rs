@@ -39,6 +39,7 @@ pub fn metadata(
         (None, Some(path)) => {
             check_path(&path)?;
             ctx.store
+                .metadata
                 .index
                 .get_by_path(&path)
                 .ok_or_else(|| ApiError::not_found(format!("no stored file at {path}")))?
@@ -129,12 +130,13 @@ pub async fn list(
     let body = scans
         .run(move || {
             let result = if media_type.is_none() && category.is_none() {
-                store.index.page_all_newest_first(offset, limit)
+                store.metadata.index.page_all_newest_first(offset, limit)
             } else if let (Some(m), None) = (media_type.as_deref(), category.as_deref()) {
                 // The total is known per media type: the pass ends with the page.
-                let total = store.index.files_of_media_type(m);
+                let total = store.metadata.index.files_of_media_type(m);
                 let keep = |file: &StoredFile| file.media_type() == m;
                 store
+                    .metadata
                     .index
                     .page_newest_first_counted(keep, offset, limit, total)
             } else {
@@ -144,7 +146,7 @@ pub async fn list(
                             .as_deref()
                             .is_none_or(|c| category_matches(file.category(), c))
                 };
-                store.index.page_newest_first(keep, offset, limit)
+                store.metadata.index.page_newest_first(keep, offset, limit)
             };
             let files: Vec<Value> = result.files.iter().map(|f| record_json(f)).collect();
             json!({"files": files, "page": page, "limit": limit, "total": result.total})
@@ -254,9 +256,11 @@ pub async fn search(
     let limit = positive_param(request, "limit", LIST_LIMIT_MAX)?.min(LIST_LIMIT_MAX);
     let body = scans
         .run(move || {
-            let result = store
-                .index
-                .page_newest_first(|file| filter.matches(file), 0, limit);
+            let result =
+                store
+                    .metadata
+                    .index
+                    .page_newest_first(|file| filter.matches(file), 0, limit);
             let files: Vec<Value> = result.files.iter().map(|f| record_json(f)).collect();
             json!({"files": files, "total": result.total})
         })
@@ -266,7 +270,7 @@ pub async fn search(
 
 /// `GET /statistics`: what is stored now, and duplicates since start-up.
 pub fn statistics(store: &Store) -> Response<Body> {
-    let totals = store.index.totals();
+    let totals = store.metadata.index.totals();
     let files: u64 = totals.iter().map(|(_, t)| t.files).sum();
     let bytes: u64 = totals.iter().map(|(_, t)| t.bytes).sum();
     let by_media_type: serde_json::Map<String, Value> = totals

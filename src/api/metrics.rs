@@ -104,7 +104,7 @@ pub fn encode_scalar(out: &mut String, name: &str, kind: &str, help: &str, value
 /// on each data file system (what an operator alerts on before uploads get 507), and
 /// `rhinobox_build_info` (what a dashboard groups by).
 pub fn encode_store_gauges(out: &mut String, store: &Store, io_engine: &str) {
-    let totals = store.index.totals();
+    let totals = store.metadata.index.totals();
     let files: u64 = totals.iter().map(|(_, t)| t.files).sum();
     let bytes: u64 = totals.iter().map(|(_, t)| t.bytes).sum();
     encode_scalar(
@@ -128,7 +128,7 @@ pub fn encode_store_gauges(out: &mut String, store: &Store, io_engine: &str) {
     out.push_str("# TYPE rhinobox_free_bytes gauge\n");
     let metadata_dir = store.data_dir.join("metadata");
     for (dir, path) in [
-        ("storage", store.storage_dir.as_path()),
+        ("storage", store.blobs.storage_dir.as_path()),
         ("metadata", metadata_dir.as_path()),
     ] {
         // A directory that cannot be asked (removed under the daemon) has no sample

@@ -71,6 +71,6 @@ impl IngestContext {
 
     /// A tmp path unique within this process.
     pub fn next_tmp_path(&self) -> PathBuf {
-        self.store.next_tmp_path()
+        self.store.blobs.next_tmp_path()
     }
 }

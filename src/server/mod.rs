@@ -209,7 +209,7 @@ pub fn run(mut config: Config) -> Result<i32, StartError> {
     let started = std::time::Instant::now();
     let (store, report) =
         Store::open(&config.data_dir, config.durability).map_err(|e| StartError(e.0))?;
-    let (engine, pools_note) = choose_engine(&mut config, &store.tmp_dir)?;
+    let (engine, pools_note) = choose_engine(&mut config, &store.blobs.tmp_dir)?;
     let backlog = listen_backlog(config.limits.connections_max);
     let listener = listen(&config, backlog)?;
     raise_open_file_limit(config.limits.connections_max);

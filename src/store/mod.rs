@@ -11,18 +11,24 @@
 //! <data>/.lock                  flock held by the one daemon that owns this data dir
 //! ```
 //!
+//! Two sides behind the protocols: the [`metadata`] side (the [`index`] — dedup, claims,
+//! leases, listings — and the [`journal`] it is rebuilt from) and the [`blobs`] side (the
+//! tree of stored files and `.tmp`). [`protocol`] is the only code that drives both, in
+//! the order its safety argument gives, around one [`durability`] barrier (group commit
+//! on the journal and every data file system). Each side names what another backend
+//! (PostgreSQL, an S3-compatible cluster) has to provide to take its place.
+//!
 //! Pipeline of the store: [`Store::open`] takes the data dir lock and runs
 //! [`recovery`] (sync, replay, clean up after the last run, [`compaction`]); then
-//! [`protocol`] serves puts and deletes through the [`index`] (dedup, claims, leases),
-//! the [`journal`] and [`durability`] (group commit on every data file system), with
-//! file I/O through the core's [`io`] engine and `.tmp` guarded by [`tmp`].
-//! [`failpoint`] injects errors in test builds.
-//! Downloads open stored files beneath [`Store::storage_root`] (`storage/`, opened once)
+//! [`protocol`] serves puts and deletes, with file I/O through the core's [`io`] engine
+//! and `.tmp` guarded by [`tmp`]. [`failpoint`] injects errors in test builds.
+//! Downloads open stored files beneath [`blobs::Blobs::root`] (`storage/`, opened once)
 //! with [`beneath::open_beneath`], which follows no symbolic link below `storage/`.
 //! [`audit`] is the offline side: `rhinobox verify` and `rhinobox repair`.
 
 pub mod audit;
 pub mod beneath;
+pub mod blobs;
 pub mod chronicle;
 pub mod compaction;
 pub mod durability;
@@ -30,6 +36,7 @@ pub mod failpoint;
 pub mod index;
 pub mod io;
 pub mod journal;
+pub mod metadata;
 pub mod protocol;
 pub mod recovery;
 pub mod stored;
@@ -41,12 +48,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use dashmap::DashSet;
-
 use crate::config::Durability;
+use blobs::Blobs;
 use durability::{GroupCommit, SyncUnavailable};
 use index::Index;
-use journal::Journal;
+use metadata::Metadata;
 
 pub use protocol::{PutItem, Staged, StoreError, Stored};
 pub use recovery::OpenReport;
@@ -62,22 +68,15 @@ pub struct Counters {
 
 pub struct Store {
     pub data_dir: PathBuf,
-    pub storage_dir: PathBuf,
-    pub tmp_dir: PathBuf,
-    pub index: Index,
-    journal: Arc<Journal>,
+    /// What is stored: the index and the journal.
+    pub metadata: Metadata,
+    /// The stored bytes: the tree under `storage/` and `.tmp`.
+    pub blobs: Blobs,
     pub durability: Durability,
     pub group_commit: GroupCommit,
     /// One directory per distinct file system of the data dir (synced at shutdown).
     sync_targets: Vec<File>,
     pub counters: Counters,
-    /// `storage/` opened once as a directory: stored files are opened beneath it. It is
-    /// `storage/` and not the data dir so that an operator may make `storage` itself a
-    /// link to another disk; links below it are refused ([`beneath`]).
-    pub(crate) storage_root: Arc<File>,
-    /// Directories known to exist under storage/ (saves a mkdir per file).
-    known_dirs: DashSet<PathBuf>,
-    tmp_sequence: AtomicU64,
     /// Held for the life of the process: one daemon per data dir.
     _lock: File,
 }
@@ -128,52 +127,15 @@ impl Store {
         .map_err(|e| OpenError(format!("cannot start the sync thread: {e}")))?;
         let store = Store {
             data_dir: data_dir.to_path_buf(),
-            storage_dir,
-            tmp_dir,
-            index,
-            journal,
+            metadata: Metadata::new(index, journal),
+            blobs: Blobs::new(data_dir, storage_dir, tmp_dir, storage_root),
             durability,
             group_commit,
             sync_targets,
             counters: Counters::default(),
-            storage_root: Arc::new(storage_root),
-            known_dirs: DashSet::new(),
-            tmp_sequence: AtomicU64::new(0),
             _lock: lock,
         };
         Ok((store, recovered.report))
-    }
-
-    /// Absolute path of a record path (`storage/...`, relative to the data dir).
-    pub fn absolute(&self, relative: &str) -> PathBuf {
-        self.data_dir.join(relative)
-    }
-
-    /// A tmp path unique within this process.
-    pub fn next_tmp_path(&self) -> PathBuf {
-        let n = self.tmp_sequence.fetch_add(1, Ordering::Relaxed);
-        self.tmp_dir.join(format!("{n}.part"))
-    }
-
-    /// `storage/`, open as a directory: the root for [`beneath::open_beneath`] of the
-    /// part of a record path after `storage/`. Shared, so a blocking pool can hold it.
-    pub fn storage_root(&self) -> &Arc<File> {
-        &self.storage_root
-    }
-
-    /// True when `dir` was already created by this process.
-    pub fn dir_known(&self, dir: &Path) -> bool {
-        self.known_dirs.contains(dir)
-    }
-
-    /// The directory was found missing: the next file placed there creates it again.
-    pub fn forget_dir(&self, dir: &Path) {
-        self.known_dirs.remove(dir);
-    }
-
-    pub fn remember_dir(&self, dir: PathBuf) {
-        // Bounded in practice by the number of categories in use.
-        self.known_dirs.insert(dir);
     }
 
     /// Waits until writes done so far are on stable storage (durability `batch`).
@@ -187,10 +149,11 @@ impl Store {
     /// Final flush at shutdown, whatever the durability mode: the journal, every file
     /// system of the data dir, and the sync marker.
     pub fn sync_at_exit(&self) -> std::io::Result<()> {
-        self.journal.sync()?;
-        let point = self.journal.sync_point();
+        let journal = self.metadata.journal();
+        journal.sync()?;
+        let point = journal.sync_point();
         durability::sync_all(&self.sync_targets)?;
-        self.journal.record_clean_stop(point)
+        journal.record_clean_stop(point)
     }
 
     pub fn count_ingested(&self, bytes: u64) {

@@ -1,6 +1,26 @@
 //! The store's protocols: put and delete. Ingest and the API call these; nothing else
 //! writes the journal, places a file under `storage/` or removes one.
 //!
+//! The protocols drive the store's two sides and nothing below them: the metadata side
+//! ([`super::metadata`]: claims and leases in the index, intents and records in the
+//! journal, publication) and the blob side ([`super::blobs`]: stage, place, check,
+//! remove), with one durability barrier ([`Store::make_durable`]) between the steps. The
+//! safety argument below is written against those operations, so it holds for any
+//! backend that gives them the same meaning:
+//!
+//! | step        | local (today)                          | cluster (PostgreSQL + S3)            |
+//! |-------------|----------------------------------------|--------------------------------------|
+//! | claim       | index slot → `Pending`                 | `INSERT … ON CONFLICT (hash)`        |
+//! | intent      | `place` / `delete` line, in flight     | intent row, swept after a grace time |
+//! | place       | `renameat2(RENAME_NOREPLACE)`          | content-addressed PUT (idempotent)   |
+//! | commit      | `put` line                             | record row, transaction commit       |
+//! | barrier     | fsync/syncfs of journal + file systems | the engines' own durable answers     |
+//!
+//! Named objects (S3: bucket/key → content by hash) are a second kind of record on the
+//! metadata side that references content the same way a native record does; the content
+//! is then counted by every record and key that names it, and a blob is removed only when
+//! the last of them goes — under the same claim, so the I5 argument carries over.
+//!
 //! # Invariants
 //! - I1 (acknowledged is durable): with durability `batch`, a put or delete returns only
 //!   after a sync that started after all its writes (file data, directory entries,
@@ -60,7 +80,6 @@ use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -68,7 +87,7 @@ use futures_util::StreamExt;
 use super::Store;
 use super::index::{Claim, Hash, Lease, StoredFile};
 use super::io::CoreIo;
-use super::journal::{FileRecord, InFlight, JournalEntry, encode_line};
+use super::journal::{FileRecord, InFlight};
 use super::tmp::TmpFiles;
 
 /// A failed store operation: what was being done, and the io error.
@@ -122,17 +141,6 @@ pub struct Stored {
 /// per request).
 const PLACE_CONCURRENCY_MAX: usize = 16;
 
-/// Hash prefix lengths a final name may carry, tried in order on a name collision.
-pub const NAME_PREFIX_HEX_LENGTHS: [usize; 5] = [12, 16, 24, 32, 64];
-
-/// `path` (`.../<hex12>_<name>`) with the first `len` hex digits of `hash_hex` as prefix.
-pub fn with_prefix(path: &str, hash_hex: &str, len: usize) -> String {
-    let leaf_at = path.rfind('/').map(|i| i + 1).unwrap_or(0);
-    let leaf = &path[leaf_at..];
-    let rest = leaf.get(12..).unwrap_or("");
-    format!("{}{}{}", &path[..leaf_at], &hash_hex[..len], rest)
-}
-
 /// What a put decided for one distinct hash.
 enum Plan<'a> {
     /// New content: stored from item `first`, under `record`.
@@ -146,7 +154,8 @@ enum Plan<'a> {
 struct Rollback<'a> {
     store: &'a Store,
     claimed: Vec<Hash>,
-    renamed: Vec<PathBuf>,
+    /// Record paths of the blobs placed so far.
+    placed: Vec<String>,
     intents: Option<InFlight>,
     armed: bool,
 }
@@ -156,23 +165,16 @@ impl Drop for Rollback<'_> {
         if !self.armed {
             return;
         }
-        let mut removed_all = true;
-        for path in &self.renamed {
-            match std::fs::remove_file(path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(_) => removed_all = false,
-            }
-        }
+        let removed_all = self.store.blobs.remove_placed_now(&self.placed);
         for hash in &self.claimed {
-            self.store.index.abandon(hash);
+            self.store.metadata.index.abandon(hash);
         }
         // A file that could not be removed keeps its intent in flight: the next start
         // removes it.
         if let Some(token) = self.intents.take()
             && removed_all
         {
-            self.store.journal.resolve(token);
+            self.store.metadata.resolve(token);
         }
     }
 }
@@ -197,7 +199,7 @@ impl Store {
         let mut rollback = Rollback {
             store: self,
             claimed: Vec::new(),
-            renamed: Vec::new(),
+            placed: Vec::new(),
             intents: None,
             armed: true,
         };
@@ -213,13 +215,10 @@ impl Store {
         }
 
         let new_hashes: Vec<Hash> = rollback.claimed.clone();
-        if !new_hashes.is_empty() {
-            let lines = intent_lines(&new_hashes, &plans, &damaged);
-            let token = self
-                .journal_append_in_flight(&lines)
-                .map_err(|e| StoreError::new("cannot append to the journal", e))?;
-            rollback.intents = Some(token);
-        }
+        rollback.intents = self
+            .metadata
+            .log_intents(&new_records(&new_hashes, &plans), &damaged)
+            .map_err(|e| StoreError::new("cannot append to the journal", e))?;
         let mut tmp_of: HashMap<Hash, PathBuf> = HashMap::with_capacity(new_hashes.len());
         self.write_new_in_memory(io, items, &plans, tmp_files, &mut tmp_of)
             .await?;
@@ -230,23 +229,18 @@ impl Store {
             self.make_durable().await?;
         }
         for file in &damaged {
-            self.remove_stored(io, &file.path())
+            self.blobs
+                .remove(io, &file.path())
                 .await
                 .map_err(|e| StoreError::new("cannot remove a damaged stored copy", e))?;
         }
         self.place(io, items, &mut plans, &tmp_of, &mut rollback)
             .await?;
 
-        let mut lines = Vec::with_capacity(new_hashes.len() * 400);
-        for hash in &new_hashes {
-            if let Some(Plan::New { record, .. }) = plans.get(hash) {
-                encode_line(&JournalEntry::Put(record.clone()), &mut lines);
-            }
-        }
-        if !lines.is_empty() {
-            self.journal_append(&lines)
-                .map_err(|e| StoreError::new("cannot append to the journal", e))?;
-        }
+        let records = new_records(&new_hashes, &plans);
+        self.metadata
+            .log_records(&records)
+            .map_err(|e| StoreError::new("cannot append to the journal", e))?;
         // The journal record is the commit point: from here the files stay, even if this
         // task is dropped at shutdown (the final sync at exit covers them).
         rollback.armed = false;
@@ -254,15 +248,15 @@ impl Store {
         // Planted bug for the power-loss harness (tools/crashdisk): no sync after the
         // append.
         #[cfg(not(feature = "planted-skip-journal-sync"))]
-        if !lines.is_empty() {
+        if !records.is_empty() {
             self.make_durable().await?;
         }
         if let Some(token) = intents {
-            self.journal.resolve(token);
+            self.metadata.resolve(token);
         }
         for hash in &new_hashes {
             if let Some(Plan::New { record, .. }) = plans.get(hash) {
-                self.index.publish(hash, record);
+                self.metadata.index.publish(hash, record);
                 self.count_ingested(record.size);
             }
         }
@@ -278,17 +272,17 @@ impl Store {
         damaged: &mut Vec<Arc<StoredFile>>,
     ) -> Plan<'s> {
         loop {
-            match self.index.claim(hash).await {
+            match self.metadata.index.claim(hash).await {
                 Claim::Claimed => {
                     let record = items[first].record.clone();
                     return Plan::New { first, record };
                 }
                 Claim::Existing(file, lease) => {
-                    if self.copy_intact(&file) {
+                    if self.blobs.is_intact(&file.path(), file.size) {
                         return Plan::Duplicate(file, lease);
                     }
                     drop(lease);
-                    if self.index.claim_damaged(hash, &file) {
+                    if self.metadata.index.claim_damaged(hash, &file) {
                         crate::log_line!(
                             "rhinobox: warning: stored copy {} is missing or damaged; \
                              storing the uploaded bytes in its place",
@@ -301,19 +295,6 @@ impl Store {
                     // The slot changed meanwhile (a delete, a heal): look again.
                 }
             }
-        }
-    }
-
-    /// A stored copy is usable for dedup when it is a regular file of the recorded size.
-    /// One `lstat` (the inode is cached for recently stored files); a blocking call on the
-    /// core, as for renames. A plain `lstat`, not an `openat2` beneath `storage/` (open,
-    /// fstat, close: three syscalls per duplicate on the hot path): a link planted
-    /// on the way can at worst make a missing copy look present, and reads of it refuse the
-    /// link anyway.
-    fn copy_intact(&self, file: &StoredFile) -> bool {
-        match std::fs::symlink_metadata(self.absolute(&file.path())) {
-            Ok(meta) => meta.file_type().is_file() && meta.len() == file.size,
-            Err(_) => false,
         }
     }
 
@@ -335,7 +316,7 @@ impl Store {
             };
             match items[*first].staged {
                 Staged::Memory(chunks) => {
-                    let path = self.next_tmp_path();
+                    let path = self.blobs.next_tmp_path();
                     tmp_files.add(path.clone());
                     writes.push((*hash, chunks, path));
                 }
@@ -346,7 +327,7 @@ impl Store {
         }
         let results: Vec<(Hash, PathBuf, io::Result<()>)> = futures_util::stream::iter(writes)
             .map(|(hash, chunks, path)| async move {
-                let result = write_new(io, &path, chunks).await;
+                let result = self.blobs.write_tmp(io, &path, chunks).await;
                 (hash, path, result)
             })
             .buffer_unordered(PLACE_CONCURRENCY_MAX)
@@ -384,17 +365,11 @@ impl Store {
             let Some(Plan::New { record, .. }) = plans.get(hash) else {
                 continue;
             };
-            let target = self.absolute(&record.path);
-            if let Some(parent) = target.parent() {
-                self.ensure_dir(io, parent)
-                    .await
-                    .map_err(|e| StoreError::new("cannot create directory", e))?;
-            }
             moves.push((*hash, tmp.as_path(), record.path.clone()));
         }
         let placed: Vec<(Hash, io::Result<String>)> = futures_util::stream::iter(moves)
             .map(|(hash, tmp, path)| async move {
-                (hash, self.move_into_place(io, tmp, &path, &hash).await)
+                (hash, self.blobs.place(io, tmp, &path, &hash).await)
             })
             .buffer_unordered(PLACE_CONCURRENCY_MAX)
             .collect()
@@ -403,7 +378,7 @@ impl Store {
         for (hash, result) in placed {
             match result {
                 Ok(path) => {
-                    rollback.renamed.push(self.absolute(&path));
+                    rollback.placed.push(path.clone());
                     if let Some(Plan::New { record, .. }) = plans.get_mut(&hash) {
                         record.path = path;
                     }
@@ -423,53 +398,11 @@ impl Store {
             if let Staged::Tmp(path) = item.staged
                 && !renamed.contains(path)
             {
-                remove_if_present(io, path)
+                self.blobs
+                    .remove_tmp(io, path)
                     .await
                     .map_err(|e| StoreError::new("cannot remove tmp file", e))?;
             }
-        }
-        Ok(())
-    }
-
-    /// Renames `tmp` to the final name `path`, or to the same name with a longer hash
-    /// prefix when a file already has it. When the target's directory vanished since this
-    /// process created it (an operator removed it), creates it again and retries once.
-    /// Returns the record path used.
-    async fn move_into_place(
-        &self,
-        io: &CoreIo,
-        tmp: &Path,
-        path: &str,
-        hash: &Hash,
-    ) -> io::Result<String> {
-        let hex = blake3::Hash::from_bytes(*hash).to_hex();
-        let mut last_error = None;
-        for len in NAME_PREFIX_HEX_LENGTHS {
-            let candidate = with_prefix(path, hex.as_str(), len);
-            let target = self.absolute(&candidate);
-            let result = match io.rename_noreplace(tmp, &target).await {
-                Err(e) if e.kind() == io::ErrorKind::NotFound && tmp.exists() => {
-                    let parent = target.parent().expect("stored paths have a parent");
-                    self.forget_dir(parent);
-                    self.ensure_dir(io, parent).await?;
-                    io.rename_noreplace(tmp, &target).await
-                }
-                other => other,
-            };
-            match result {
-                Ok(()) => return Ok(candidate),
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last_error = Some(e),
-                Err(e) => return Err(e),
-            }
-        }
-        Err(last_error.unwrap_or_else(|| io::Error::from(io::ErrorKind::AlreadyExists)))
-    }
-
-    /// Creates `dir` unless this process already did.
-    async fn ensure_dir(&self, io: &CoreIo, dir: &Path) -> io::Result<()> {
-        if !self.dir_known(dir) {
-            io.create_dir_all(dir).await?;
-            self.remember_dir(dir.to_path_buf());
         }
         Ok(())
     }
@@ -510,28 +443,22 @@ impl Store {
 
     /// Deletes the stored file of `hash` (see the module docs); `None` when not stored.
     pub async fn delete(&self, io: &CoreIo, hash: &Hash) -> Result<Option<FileRecord>, StoreError> {
-        let Some(file) = self.index.begin_delete(hash) else {
+        let index = &self.metadata.index;
+        let Some(file) = index.begin_delete(hash) else {
             return Ok(None);
         };
-        if !self.index.wait_unleased(hash).await {
-            self.index.cancel_delete(hash, file);
+        if !index.wait_unleased(hash).await {
+            index.cancel_delete(hash, file);
             return Err(StoreError::new(
                 "duplicate uploads of this file did not finish",
                 io::Error::from(io::ErrorKind::TimedOut),
             ));
         }
         let record = file.record();
-        let entry = JournalEntry::Delete {
-            hash: record.hash.clone(),
-            path: record.path.clone(),
-            deleted_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
-        };
-        let mut line = Vec::with_capacity(256);
-        encode_line(&entry, &mut line);
-        let token = match self.journal_append_in_flight(&line) {
+        let token = match self.metadata.log_delete(&record) {
             Ok(token) => token,
             Err(e) => {
-                self.index.cancel_delete(hash, file);
+                index.cancel_delete(hash, file);
                 return Err(StoreError::new("cannot append to the journal", e));
             }
         };
@@ -539,18 +466,18 @@ impl Store {
         // until the file is gone, and only then do waiting uploads go on.
         let synced = self.make_durable().await;
         let removed = match synced {
-            Ok(()) => self.remove_stored(io, &record.path).await,
+            Ok(()) => self.blobs.remove(io, &record.path).await,
             Err(unavailable) => Err(io::Error::from(unavailable)),
         };
-        self.index.abandon(hash);
+        index.abandon(hash);
         match removed {
             Ok(()) => {
-                self.journal.resolve(token);
+                self.metadata.resolve(token);
                 Ok(Some(record))
             }
             // The line stays in flight: the next start removes the file.
             Err(e) => {
-                self.journal.keep_in_flight(token);
+                self.metadata.keep_in_flight(token);
                 Err(StoreError::new(
                     "deleted from the index and the journal, but removing the file failed",
                     e,
@@ -558,107 +485,15 @@ impl Store {
             }
         }
     }
-
-    /// Removes the stored file at record path `path` without following a link on the way;
-    /// a file already gone is fine.
-    async fn remove_stored(&self, io: &CoreIo, path: &str) -> io::Result<()> {
-        super::failpoint::check("unlink")?;
-        let relative = below_storage(path);
-        let root = self.storage_root.clone();
-        let result = match io {
-            // A direct syscall on the core, as for renames (see `store::io`).
-            CoreIo::Uring(_) => super::beneath::remove_beneath(&root, &relative),
-            CoreIo::Threads(threads) => {
-                threads
-                    .pool
-                    .run(move || super::beneath::remove_beneath(&root, &relative))
-                    .await
-            }
-        };
-        match result {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            other => other,
-        }
-    }
-
-    fn journal_append(&self, lines: &[u8]) -> io::Result<()> {
-        super::failpoint::check("journal-append")?;
-        self.journal.append(lines)
-    }
-
-    fn journal_append_in_flight(&self, lines: &[u8]) -> io::Result<InFlight> {
-        super::failpoint::check("journal-append")?;
-        self.journal.append_in_flight(lines)
-    }
 }
 
-/// The `place` intents of the new hashes and the `delete` lines of damaged copies.
-fn intent_lines(
-    new_hashes: &[Hash],
-    plans: &HashMap<Hash, Plan<'_>>,
-    damaged: &[Arc<StoredFile>],
-) -> Vec<u8> {
-    let mut lines = Vec::with_capacity(new_hashes.len() * 160);
-    let now = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
-    for file in damaged {
-        let entry = JournalEntry::Delete {
-            hash: file.hash_hex(),
-            path: file.path(),
-            deleted_at: now.clone(),
-        };
-        encode_line(&entry, &mut lines);
-    }
-    for hash in new_hashes {
-        if let Some(Plan::New { record, .. }) = plans.get(hash) {
-            let entry = JournalEntry::Place {
-                hash: record.hash.clone(),
-                path: record.path.clone(),
-            };
-            encode_line(&entry, &mut lines);
-        }
-    }
-    lines
-}
-
-/// Writes `chunks` into a new file at `path` (O_EXCL).
-async fn write_new(io: &CoreIo, path: &Path, chunks: &[Bytes]) -> io::Result<()> {
-    let mut writer = io.create_new(path.to_path_buf());
-    for chunk in chunks {
-        writer.write(chunk).await?;
-    }
-    writer.finish().await.map(|_| ())
-}
-
-/// The part of a record path after `storage/` (record paths always start with it).
-pub fn below_storage(path: &str) -> PathBuf {
-    PathBuf::from(path.strip_prefix("storage/").unwrap_or(path))
-}
-
-/// Removes `path`; a file already gone is fine.
-async fn remove_if_present(io: &CoreIo, path: &Path) -> io::Result<()> {
-    match io.remove_file(path).await {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        other => other,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A longer prefix replaces exactly the 12 hex digits of the leaf.
-    #[test]
-    fn prefixes_lengthen_the_leaf_only() {
-        let hex = "0123456789abcdef".repeat(4);
-        let path = "storage/images/jpg/0123456789ab_cat.jpg";
-        assert_eq!(with_prefix(path, &hex, 12), path);
-        assert_eq!(
-            with_prefix(path, &hex, 16),
-            "storage/images/jpg/0123456789abcdef_cat.jpg"
-        );
-        assert_eq!(
-            with_prefix(path, &hex, 64),
-            format!("storage/images/jpg/{hex}_cat.jpg")
-        );
-    }
+/// The records of the new hashes of a put, in hash order.
+fn new_records<'p>(new_hashes: &[Hash], plans: &'p HashMap<Hash, Plan<'_>>) -> Vec<&'p FileRecord> {
+    new_hashes
+        .iter()
+        .filter_map(|hash| match plans.get(hash) {
+            Some(Plan::New { record, .. }) => Some(record),
+            _ => None,
+        })
+        .collect()
 }

@@ -33,11 +33,11 @@ use std::path::{Path, PathBuf};
 
 use super::OpenError;
 use super::beneath;
+use super::blobs::{NAME_PREFIX_HEX_LENGTHS, below_storage, with_prefix};
 use super::compaction;
 use super::durability;
 use super::index::{Index, parse_hash};
 use super::journal::{EntryView, Journal, JournalEntry, ReplayError, Stop, encode_line};
-use super::protocol::{NAME_PREFIX_HEX_LENGTHS, below_storage, with_prefix};
 use crate::config::Durability;
 
 /// What start-up found, for the start-up log line.
