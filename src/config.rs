@@ -116,6 +116,27 @@ pub struct Args {
     #[arg(long, env = "RHINOBOX_API_TOKEN_FILE", value_parser = any_path())]
     pub api_token_file: Option<PathBuf>,
 
+    /// Listener of the S3-compatible API, same forms as --addr; unset = no S3 API.
+    #[arg(long, env = "RHINOBOX_S3_ADDR")]
+    pub s3_addr: Option<String>,
+
+    /// The S3 access key id clients sign with (required with --s3-addr).
+    #[arg(long, env = "RHINOBOX_S3_ACCESS_KEY")]
+    pub s3_access_key: Option<String>,
+
+    /// The S3 secret key (required with --s3-addr, or --s3-secret-key-file).
+    #[arg(long, env = "RHINOBOX_S3_SECRET_KEY", hide_env_values = true)]
+    pub s3_secret_key: Option<String>,
+
+    /// File holding the S3 secret key (one trailing newline is stripped); instead of
+    /// --s3-secret-key.
+    #[arg(long, env = "RHINOBOX_S3_SECRET_KEY_FILE", value_parser = any_path())]
+    pub s3_secret_key_file: Option<PathBuf>,
+
+    /// Region of the S3 API, as clients put it in their SigV4 signatures.
+    #[arg(long, env = "RHINOBOX_S3_REGION", default_value = "us-east-1")]
+    pub s3_region: String,
+
     /// `auto`, `uring` (io_uring, registered buffers) or `threads` (blocking I/O pool).
     #[arg(long, env = "RHINOBOX_IO_ENGINE", default_value = "auto")]
     pub io_engine: String,
@@ -276,10 +297,105 @@ pub struct Config {
     pub durability: Durability,
     pub io_engine: IoEngine,
     pub api_token: Option<String>,
+    /// The S3-compatible API, when RHINOBOX_S3_ADDR is set.
+    pub s3: Option<S3Config>,
     pub limits: Limits,
     /// Settings that are allowed but most likely a mistake: `main` prints each as one
     /// `rhinobox: warning:` line before the start.
     pub warnings: Vec<String>,
+}
+
+/// The S3 listener and the one key pair it accepts.
+#[derive(Clone)]
+pub struct S3Config {
+    pub addr: SocketAddr,
+    /// Given as `:PORT` (see [`Config::addr_every_interface`]).
+    pub addr_every_interface: bool,
+    pub access_key: String,
+    pub secret_key: String,
+    pub region: String,
+}
+
+// The secret stays out of debug output.
+impl std::fmt::Debug for S3Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Config")
+            .field("addr", &self.addr)
+            .field("access_key", &self.access_key)
+            .field("region", &self.region)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The S3 settings: all of addr, access key and secret, or none (a key without the
+/// listener is only a warning: it changes nothing).
+fn parse_s3(
+    args: &Args,
+    main_addr: SocketAddr,
+    warnings: &mut Vec<String>,
+) -> Result<Option<S3Config>, ConfigError> {
+    let secret_key = SecretSetting {
+        value_names: "RHINOBOX_S3_SECRET_KEY/--s3-secret-key",
+        file_names: "RHINOBOX_S3_SECRET_KEY_FILE/--s3-secret-key-file",
+    }
+    .resolve(
+        args.s3_secret_key.clone(),
+        args.s3_secret_key_file.as_deref(),
+    )?;
+    let Some(addr) = &args.s3_addr else {
+        if args.s3_access_key.is_some() || secret_key.is_some() {
+            warnings.push(
+                "RHINOBOX_S3_ACCESS_KEY/RHINOBOX_S3_SECRET_KEY are set but RHINOBOX_S3_ADDR/\
+                 --s3-addr is not: the S3 API is off"
+                    .into(),
+            );
+        }
+        return Ok(None);
+    };
+    let (addr, addr_every_interface) = parse_listen_addr(addr, "RHINOBOX_S3_ADDR/--s3-addr")?;
+    if addr.port() != 0 && addr.port() == main_addr.port() {
+        return Err(ConfigError(format!(
+            "RHINOBOX_S3_ADDR/--s3-addr: port {} is the port of RHINOBOX_ADDR/--addr; give \
+             the S3 API a port of its own",
+            addr.port()
+        )));
+    }
+    let access_key = match args.s3_access_key.as_deref().map(str::trim) {
+        Some(key) if !key.is_empty() => key.to_string(),
+        _ => {
+            return Err(ConfigError(
+                "RHINOBOX_S3_ACCESS_KEY/--s3-access-key: required with RHINOBOX_S3_ADDR/\
+                 --s3-addr; set the access key id that clients sign with"
+                    .into(),
+            ));
+        }
+    };
+    let Some(secret_key) = secret_key else {
+        return Err(ConfigError(
+            "RHINOBOX_S3_SECRET_KEY/--s3-secret-key: required with RHINOBOX_S3_ADDR/--s3-addr; \
+             set it, or RHINOBOX_S3_SECRET_KEY_FILE/--s3-secret-key-file"
+                .into(),
+        ));
+    };
+    let region = args.s3_region.trim();
+    let region_ok = !region.is_empty()
+        && region.len() <= 64
+        && region
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if !region_ok {
+        return Err(ConfigError(format!(
+            "RHINOBOX_S3_REGION/--s3-region: {region:?} is not a region name; use letters, \
+             digits and '-' (default us-east-1)"
+        )));
+    }
+    Ok(Some(S3Config {
+        addr,
+        addr_every_interface,
+        access_key,
+        secret_key,
+        region: region.to_string(),
+    }))
 }
 
 /// A configuration error: names the setting and what was wrong.
@@ -395,9 +511,14 @@ fn parse_enum<T: ValueEnum>(value: &str, setting: &str) -> Result<T, ConfigError
 /// Parses `:PORT` (every interface: `[::]:PORT`, dual-stack), `HOST:PORT` or `[V6]:PORT`
 /// into one socket address; the flag says whether it was the `:PORT` form.
 pub fn parse_addr(value: &str) -> Result<(SocketAddr, bool), ConfigError> {
+    parse_listen_addr(value, "RHINOBOX_ADDR/--addr")
+}
+
+/// [`parse_addr`] for the setting `names` (the S3 listener has its own).
+fn parse_listen_addr(value: &str, names: &str) -> Result<(SocketAddr, bool), ConfigError> {
     let bad = || {
         ConfigError(format!(
-            "RHINOBOX_ADDR/--addr: cannot parse address {value:?}; expected :PORT (every \
+            "{names}: cannot parse address {value:?}; expected :PORT (every \
              interface), HOST:PORT or [IPV6]:PORT, with PORT from 0 to 65535"
         ))
     };
@@ -584,7 +705,8 @@ impl Config {
             value_names: "RHINOBOX_API_TOKEN/--api-token",
             file_names: "RHINOBOX_API_TOKEN_FILE/--api-token-file",
         }
-        .resolve(args.api_token, args.api_token_file.as_deref())?;
+        .resolve(args.api_token.clone(), args.api_token_file.as_deref())?;
+        let s3 = parse_s3(&args, addr, &mut warnings)?;
         let mut limits = Limits::with_defaults();
         limits.upload_size_bytes_max = upload_mb * 1024 * 1024;
         limits.parts_per_request_max = parts as usize;
@@ -600,6 +722,7 @@ impl Config {
             durability,
             io_engine,
             api_token,
+            s3,
             limits,
             warnings,
         })

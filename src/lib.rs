@@ -14,6 +14,8 @@
 //!   threads), start-up recovery and compaction, group commit (durability);
 //!   [`store::audit`] is the offline `rhinobox verify` / `rhinobox repair`.
 //! - [`api`]: errors as JSON, read/manage endpoints, metrics.
+//! - [`s3`]: the S3-compatible API on a second listener (s3s: SigV4, XML), served by the
+//!   same cores; today the read-only bucket `media` over the native store.
 //! - [`web`]: the web page at `/` (embedded HTML, CSS, JavaScript on the public API).
 //! - [`client`]: a small blocking HTTP/1.1 client, multipart encoder and media payload
 //!   generator shared by the benchmark harness and the integration tests.
@@ -34,6 +36,7 @@ pub mod bench;
 pub mod client;
 pub mod config;
 pub mod ingest;
+pub mod s3;
 pub mod server;
 pub mod store;
 pub mod web;

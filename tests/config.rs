@@ -211,7 +211,51 @@ fn every_bad_value_is_refused_in_one_line() {
     let token_from = ("RHINOBOX_API_TOKEN_FILE", "--api-token-file");
     let durability = ("RHINOBOX_DURABILITY", "--durability");
     let engine = ("RHINOBOX_IO_ENGINE", "--io-engine");
+    let s3_addr = ("RHINOBOX_S3_ADDR", "--s3-addr");
+    let s3_access = ("RHINOBOX_S3_ACCESS_KEY", "--s3-access-key");
+    let s3_secret = ("RHINOBOX_S3_SECRET_KEY", "--s3-secret-key");
+    let s3_region = ("RHINOBOX_S3_REGION", "--s3-region");
+    fn with_keys<'a>(more: &[&'a str]) -> Vec<&'a str> {
+        let mut args = vec!["--s3-access-key", "AK", "--s3-secret-key", "SK"];
+        args.extend_from_slice(more);
+        args
+    }
     let cases: Vec<Case> = vec![
+        (
+            with_keys(&["--s3-addr", "nonsense"]),
+            vec![],
+            s3_addr,
+            "expected :PORT",
+        ),
+        (
+            vec!["--s3-addr", "127.0.0.1:0", "--s3-secret-key", "SK"],
+            vec![],
+            s3_access,
+            "required with RHINOBOX_S3_ADDR",
+        ),
+        (
+            vec!["--s3-addr", "127.0.0.1:0", "--s3-access-key", "AK"],
+            vec![],
+            s3_secret,
+            "required with RHINOBOX_S3_ADDR",
+        ),
+        (
+            with_keys(&["--s3-addr", "127.0.0.1:0", "--s3-region", "us east"]),
+            vec![],
+            s3_region,
+            "not a region name",
+        ),
+        (
+            with_keys(&[
+                "--s3-addr",
+                "127.0.0.1:0",
+                "--s3-secret-key-file",
+                missing_file,
+            ]),
+            vec![],
+            s3_secret,
+            "set only one",
+        ),
         (
             vec!["--max-upload-mb", "-1"],
             vec![],

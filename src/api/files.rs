@@ -291,16 +291,17 @@ enum FileReader {
     },
 }
 
-struct OpenFile {
+/// A stored file opened on this core; its body may be read from another thread.
+pub struct OpenFile {
     reader: FileReader,
-    size_bytes: u64,
-    modified: SystemTime,
+    pub size_bytes: u64,
+    pub modified: SystemTime,
 }
 
 impl OpenFile {
     /// Opens `relative` (below `storage/`) read-only beneath the store's root; a link on
     /// the way is refused ([`is_link_refused`]), a non-regular file is refused as missing.
-    async fn open(ctx: &IngestContext, relative: &Path) -> io::Result<OpenFile> {
+    pub async fn open(ctx: &IngestContext, relative: &Path) -> io::Result<OpenFile> {
         let root = ctx.store.blobs.root();
         let (file, metadata) = match &ctx.io {
             // A blocking open on the core thread: tokio-uring has no openat2 with resolve
@@ -327,6 +328,13 @@ impl OpenFile {
             size_bytes: metadata.len(),
             modified: metadata.modified().unwrap_or(UNIX_EPOCH),
         })
+    }
+}
+
+impl OpenFile {
+    /// The body of `length` bytes from `offset`, fed by a task on this core.
+    pub fn into_body(self, offset: u64, length: u64) -> FileBody {
+        FileBody::spawn(self.reader, offset, length)
     }
 }
 
@@ -427,7 +435,7 @@ async fn pump(
 /// A response body fed by [`pump`], which runs as a task on the serving core (the io
 /// engine's handles are !Send; the body must be Send). Its size hint is exact, so hyper
 /// frames it with Content-Length and the access log counts the bytes.
-struct FileBody {
+pub struct FileBody {
     chunks: mpsc::Receiver<io::Result<Bytes>>,
     unsent_bytes: u64,
 }
@@ -440,6 +448,23 @@ impl FileBody {
         FileBody {
             chunks,
             unsent_bytes: length,
+        }
+    }
+}
+
+impl FileBody {
+    /// Bytes not sent yet.
+    pub fn unsent_bytes(&self) -> u64 {
+        self.unsent_bytes
+    }
+
+    /// The next chunk; `None` at the end. A reader that stopped early is an error.
+    pub fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Bytes>>> {
+        match hyper::body::Body::poll_frame(Pin::new(self), cx) {
+            Poll::Ready(Some(Ok(frame))) => Poll::Ready(frame.into_data().ok().map(Ok)),
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
         }
     }
 }

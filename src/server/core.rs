@@ -22,8 +22,30 @@ use super::{EngineChoice, Shared, router};
 use crate::ingest::IngestContext;
 use crate::store::io::CoreIo;
 
+/// Which API a connection speaks (which listener accepted it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Front {
+    /// The native HTTP API and the web page.
+    Native,
+    /// The S3-compatible API (`crate::s3`).
+    S3,
+}
+
+thread_local! {
+    /// This core's context, for request handlers that cannot carry it (s3s's `Send`
+    /// futures): they run on the core and spawn their file work here.
+    static CORE_CONTEXT: std::cell::RefCell<Option<Rc<IngestContext>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// The context of the core this thread runs; `None` off the cores.
+pub fn context() -> Option<Rc<IngestContext>> {
+    CORE_CONTEXT.with(|c| c.borrow().clone())
+}
+
 /// A connection handed to a core, with the permit that counts it against the limit.
 pub struct Handoff {
+    pub front: Front,
     pub stream: std::net::TcpStream,
     /// The client's address as accepted (IPv4-mapped addresses made IPv4), for the log.
     pub peer: std::net::SocketAddr,
@@ -184,6 +206,12 @@ async fn run_core(
         shared.cores[core_id].counters.clone(),
         shared.reaper.clone(),
     ));
+    CORE_CONTEXT.with(|c| *c.borrow_mut() = Some(ctx.clone()));
+    let s3_service = shared
+        .config
+        .s3
+        .as_ref()
+        .map(|s3| crate::s3::service(shared.clone(), s3));
     let tracker = Rc::new(ConnectionTracker {
         live: Cell::new(0),
         drained: Notify::new(),
@@ -192,19 +220,26 @@ async fn run_core(
     loop {
         tokio::select! {
             handoff = connections.recv() => {
-                let Some(Handoff { stream, peer, permit }) = handoff else { break };
+                let Some(Handoff { front, stream, peer, permit }) = handoff else { break };
                 shared.cores[core_id].queue_len.fetch_sub(1, Ordering::Relaxed);
                 let guard = LiveConnection::new(core_id, shared.clone(), tracker.clone(), permit);
                 let (shared, ctx) = (shared.clone(), ctx.clone());
                 let shutdown = shutdown.clone();
+                let s3_service = s3_service.clone();
                 tokio::task::spawn_local(async move {
-                    serve_connection(&shared, ctx, stream, peer, shutdown).await;
+                    match (front, s3_service) {
+                        (Front::S3, Some(service)) => {
+                            serve_s3_connection(&shared, service, stream, shutdown).await;
+                        }
+                        _ => serve_connection(&shared, ctx, stream, peer, shutdown).await,
+                    }
                     drop(guard);
                 });
             }
             _ = shutdown.changed() => break,
         }
     }
+    CORE_CONTEXT.with(|c| c.borrow_mut().take());
     // Drain: connections finish their current request; bounded by the shutdown timeout.
     let deadline = tokio::time::Instant::now() + shared.config.limits.shutdown_timeout;
     while tracker.live.get() > 0 {
@@ -256,6 +291,38 @@ async fn serve_connection(
         .max_buf_size(limits.header_size_bytes_max.max(8192))
         .keep_alive(true)
         .serve_connection(io, service);
+    tokio::pin!(connection);
+    tokio::select! {
+        _ = connection.as_mut() => {}
+        _ = shutdown.changed() => {
+            connection.as_mut().graceful_shutdown();
+            let _ = connection.await;
+        }
+    }
+}
+
+/// Serves one connection of the S3 listener with s3s (SigV4, XML; `crate::s3`).
+async fn serve_s3_connection(
+    shared: &Arc<Shared>,
+    service: s3s::service::S3Service,
+    stream: std::net::TcpStream,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let _ = stream.set_nodelay(true);
+    let stream = match tokio::net::TcpStream::from_std(stream) {
+        Ok(stream) => stream,
+        Err(e) => {
+            crate::log_line!("rhinobox: cannot adopt an S3 connection: {e}");
+            return;
+        }
+    };
+    let limits = &shared.config.limits;
+    let connection = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.header_size_bytes_max.max(8192))
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(stream), service);
     tokio::pin!(connection);
     tokio::select! {
         _ = connection.as_mut() => {}

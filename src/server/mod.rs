@@ -212,6 +212,15 @@ pub fn run(mut config: Config) -> Result<i32, StartError> {
     let (engine, pools_note) = choose_engine(&mut config, &store.blobs.tmp_dir)?;
     let backlog = listen_backlog(config.limits.connections_max);
     let listener = listen(&config, backlog)?;
+    let s3_listener = match &config.s3 {
+        Some(s3) => Some(listen_on(
+            s3.addr,
+            s3.addr_every_interface,
+            backlog,
+            "RHINOBOX_S3_ADDR/--s3-addr",
+        )?),
+        None => None,
+    };
     raise_open_file_limit(config.limits.connections_max);
     let local_addr = listener
         .local_addr()
@@ -290,13 +299,24 @@ pub fn run(mut config: Config) -> Result<i32, StartError> {
         started.elapsed().as_secs_f64() * 1e3
     );
     crate::log_line!("rhinobox: listening on {local_addr}");
+    if let Some(s3) = &s3_listener {
+        let s3_addr = s3
+            .local_addr()
+            .map_err(|e| StartError(format!("S3 listener: {e}")))?;
+        crate::log_line!("rhinobox: S3 API listening on {s3_addr}");
+    }
     notify_systemd("READY=1");
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| StartError(format!("acceptor runtime: {e}")))?;
-    runtime.block_on(accept_until_signal(&shared, listener, &cores.senders))?;
+    runtime.block_on(accept_until_signal(
+        &shared,
+        listener,
+        s3_listener,
+        &cores.senders,
+    ))?;
 
     notify_systemd("STOPPING=1");
     shared.shutting_down.store(true, Ordering::Relaxed);
@@ -320,11 +340,24 @@ fn finish(shared: &Shared) -> Result<i32, StartError> {
 async fn accept_until_signal(
     shared: &Arc<Shared>,
     listener: std::net::TcpListener,
+    s3_listener: Option<std::net::TcpListener>,
     senders: &[mpsc::Sender<core::Handoff>],
 ) -> Result<(), StartError> {
     use tokio::signal::unix::{SignalKind, signal};
     let listener = tokio::net::TcpListener::from_std(listener)
         .map_err(|e| StartError(format!("listener: {e}")))?;
+    let s3_listener = match s3_listener {
+        Some(l) => Some(
+            tokio::net::TcpListener::from_std(l)
+                .map_err(|e| StartError(format!("S3 listener: {e}")))?,
+        ),
+        None => None,
+    };
+    // The S3 listener, when off, never accepts.
+    let accept_s3 = async |l: &Option<tokio::net::TcpListener>| match l {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
+    };
     let mut terminate =
         signal(SignalKind::terminate()).map_err(|e| StartError(format!("signals: {e}")))?;
     let mut interrupt =
@@ -338,8 +371,9 @@ async fn accept_until_signal(
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
         };
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
+        let (accepted, front) = tokio::select! {
+            accepted = listener.accept() => (accepted, core::Front::Native),
+            accepted = accept_s3(&s3_listener) => (accepted, core::Front::S3),
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
         };
@@ -367,6 +401,7 @@ async fn accept_until_signal(
         next_core = next_core.wrapping_add(1);
         shared.cores[core].queue_len.fetch_add(1, Ordering::Relaxed);
         let handoff = core::Handoff {
+            front,
             stream,
             peer,
             permit,
@@ -420,6 +455,21 @@ fn start_memory_trimmer(shared: Arc<Shared>) {
 /// so it takes IPv4 connections too (as `::ffff:a.b.c.d`) whatever `net.ipv6.bindv6only`
 /// says; on a host without IPv6 it falls back to `0.0.0.0:PORT` with one warning line.
 fn listen(config: &Config, backlog: i32) -> Result<std::net::TcpListener, StartError> {
+    listen_on(
+        config.addr,
+        config.addr_every_interface,
+        backlog,
+        "RHINOBOX_ADDR/--addr",
+    )
+}
+
+/// Binds `addr` for the setting `names` (the native or the S3 listener).
+fn listen_on(
+    addr: SocketAddr,
+    every_interface: bool,
+    backlog: i32,
+    names: &str,
+) -> Result<std::net::TcpListener, StartError> {
     let bind_error = |addr: SocketAddr, e: std::io::Error| {
         let fix = match e.raw_os_error() {
             Some(libc::EADDRINUSE) => {
@@ -433,20 +483,18 @@ fn listen(config: &Config, backlog: i32) -> Result<std::net::TcpListener, StartE
             Some(libc::EADDRNOTAVAIL) => "that is not an address of this host",
             _ => "choose another address",
         };
-        StartError(format!(
-            "RHINOBOX_ADDR/--addr: cannot bind {addr}: {e}; {fix}"
-        ))
+        StartError(format!("{names}: cannot bind {addr}: {e}; {fix}"))
     };
-    let listener = match bind_socket(config.addr, backlog, config.addr_every_interface) {
+    let listener = match bind_socket(addr, backlog, every_interface) {
         Ok(listener) => listener,
-        Err(e) if config.addr_every_interface && ipv6_missing(&e) => {
-            let ipv4 = SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, config.addr.port()));
+        Err(e) if every_interface && ipv6_missing(&e) => {
+            let ipv4 = SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, addr.port()));
             crate::log_line!(
                 "rhinobox: warning: no IPv6 on this host ({e}); listening on IPv4 only ({ipv4})"
             );
             bind_socket(ipv4, backlog, false).map_err(|e| bind_error(ipv4, e))?
         }
-        Err(e) => return Err(bind_error(config.addr, e)),
+        Err(e) => return Err(bind_error(addr, e)),
     };
     warn_if_backlog_capped(backlog);
     Ok(listener)
