@@ -125,7 +125,7 @@ fn tree_hashes(root: &Path) -> BTreeMap<String, String> {
 /// aws-cli: `s3 ls` shows `media`; a recursive listing names every stored file with its
 /// size; `s3 sync` of the bucket to a local dir (a backup) gives every file with the
 /// stored bytes, and a second sync copies nothing; `s3 cp` and `s3 rm` into the bucket
-/// fail with AccessDenied and change nothing.
+/// fail with AccessDenied and change nothing; each request has its access-log line.
 #[test]
 fn aws_cli_backs_up_the_media_bucket() {
     if !aws_available() {
@@ -172,6 +172,17 @@ fn aws_cli_backs_up_the_media_bucket() {
     let hash = &expected[some];
     let response = daemon.get(&format!("/files/download?hash={hash}"));
     assert_eq!(response.status, 200, "the native file is still served");
+    // S3 requests are in the access log like native ones, refusals included.
+    let log = daemon.log_text();
+    let get_line = format!("\"GET /media/{some}\" - 200");
+    assert!(
+        log.contains(&get_line),
+        "no {get_line:?} in the log:\n{log}"
+    );
+    assert!(
+        log.contains("\"PUT /media/new.bin\" - 403"),
+        "no refused PUT in:\n{log}"
+    );
 }
 
 /// boto3 (tests/s3/media_boto3.py): ListObjectsV2 pagination over 1,100 keys in byte

@@ -229,7 +229,7 @@ async fn run_core(
                 tokio::task::spawn_local(async move {
                     match (front, s3_service) {
                         (Front::S3, Some(service)) => {
-                            serve_s3_connection(&shared, service, stream, shutdown).await;
+                            serve_s3_connection(&shared, service, stream, peer, shutdown).await;
                         }
                         _ => serve_connection(&shared, ctx, stream, peer, shutdown).await,
                     }
@@ -304,8 +304,9 @@ async fn serve_connection(
 /// Serves one connection of the S3 listener with s3s (SigV4, XML; `crate::s3`).
 async fn serve_s3_connection(
     shared: &Arc<Shared>,
-    service: s3s::service::S3Service,
+    s3: s3s::service::S3Service,
     stream: std::net::TcpStream,
+    peer: std::net::SocketAddr,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
@@ -317,6 +318,27 @@ async fn serve_s3_connection(
         }
     };
     let limits = &shared.config.limits;
+    let service_shared = shared.clone();
+    // s3s answers every request itself (errors as S3 XML); this only adds the access-log
+    // line and the request metrics, as for the native API.
+    let service = service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+        let (shared, s3) = (service_shared.clone(), s3.clone());
+        async move {
+            use http_body_util::BodyExt;
+            let started = std::time::Instant::now();
+            let line = (
+                request.method().clone(),
+                request.uri().path().to_string(),
+                request.uri().query().map(str::to_string),
+            );
+            let response = hyper::service::Service::call(&s3, request).await?;
+            let response = response.map(|body| {
+                body.map_err(|e| std::io::Error::other(e.to_string()))
+                    .boxed_unsync()
+            });
+            Ok::<_, s3s::HttpError>(router::logged(shared, peer, line, started, response, None))
+        }
+    });
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)

@@ -46,8 +46,27 @@ pub async fn serve(
         Ok(Err(error)) => error.into_response(),
         Err(panic) => panic_response(&method, &path, panic.as_ref()),
     };
-    // Logged when hyper drops the body: after the last byte is sent or the client left,
-    // so a long download logs its real duration and the bytes actually sent.
+    logged(
+        shared,
+        peer,
+        (method, path, query),
+        started,
+        response,
+        Some(in_flight),
+    )
+}
+
+/// The response with its access-log line and metrics attached (any front: the native
+/// API, the S3 API). Logged when hyper drops the body: after the last byte is sent or the
+/// client left, so a long download logs its real duration and the bytes actually sent.
+pub fn logged(
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    (method, path, query): (Method, String, Option<String>),
+    started: Instant,
+    response: Response<Body>,
+    in_flight: Option<ResponseGuard>,
+) -> Response<Body> {
     let record = RequestRecord {
         shared,
         peer,
@@ -92,8 +111,9 @@ struct RequestRecord {
     status: u16,
     started: Instant,
     bytes_sent: u64,
-    /// Tells the connection's parse-error rewriter that this response is ours.
-    _in_flight: ResponseGuard,
+    /// Tells the connection's parse-error rewriter that this response is ours (native
+    /// connections only).
+    _in_flight: Option<ResponseGuard>,
 }
 
 impl Drop for RequestRecord {
