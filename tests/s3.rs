@@ -1,4 +1,4 @@
-//! The S3 API with real clients: aws-cli and boto3 against the real binary on loopback.
+//! The S3 API with real clients: aws-cli, boto3, rclone and s3cmd against the real binary on loopback.
 //! Today the bucket `media`, read-only, over the native store: files stored through
 //! `/ingest/media` are listed, downloaded and synced with byte-for-byte equal content
 //! (BLAKE3 compared), and every write into it is refused. A missing client skips the
@@ -216,4 +216,117 @@ fn boto3_reads_the_media_bucket_and_auth_holds() {
         "boto3 checks failed:\n{stdout}\n{stderr}\ndaemon log:\n{}",
         daemon.log_text()
     );
+}
+
+fn rclone_available() -> bool {
+    tool_available(
+        "rclone (apt-get install rclone)",
+        Command::new("rclone").arg("version"),
+    )
+}
+
+fn s3cmd_available() -> bool {
+    tool_available(
+        "s3cmd (apt-get install s3cmd)",
+        Command::new("s3cmd").arg("--version"),
+    )
+}
+
+/// Runs rclone with a remote `rb:` on the S3 address (configured through the
+/// environment, no config file); returns (success, stdout + stderr).
+fn rclone(addr: SocketAddr, args: &[&str]) -> (bool, String) {
+    let output = Command::new("rclone")
+        .args(args)
+        .env("RCLONE_CONFIG", "/dev/null")
+        .env("RCLONE_CONFIG_RB_TYPE", "s3")
+        .env("RCLONE_CONFIG_RB_PROVIDER", "Other")
+        .env("RCLONE_CONFIG_RB_ENDPOINT", format!("http://{addr}"))
+        .env("RCLONE_CONFIG_RB_ACCESS_KEY_ID", ACCESS_KEY)
+        .env("RCLONE_CONFIG_RB_SECRET_ACCESS_KEY", SECRET_KEY)
+        .env("RCLONE_CONFIG_RB_REGION", "us-east-1")
+        // Set on some hosts for the system's CA bundle; rclone refuses a bad one.
+        .env_remove("AWS_CA_BUNDLE")
+        .output()
+        .expect("rclone runs");
+    let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&output.stderr));
+    (output.status.success(), text)
+}
+
+/// rclone: `sync` of the bucket `media` to a local dir (a backup) gives every stored
+/// file with its bytes (BLAKE3 compared), `check --download` finds no difference, and a
+/// second `sync` transfers nothing; `copyto` into the bucket is refused.
+#[test]
+fn rclone_backs_up_the_media_bucket() {
+    if !rclone_available() {
+        return;
+    }
+    let (daemon, addr) = start_with_s3();
+    let expected = store_files(&daemon, 30);
+    let backup = tempfile::tempdir().unwrap();
+    let target = backup.path().to_str().unwrap();
+    let (ok, out) = rclone(addr, &["sync", "rb:media", target]);
+    assert!(ok, "rclone sync failed:\n{out}");
+    assert_eq!(
+        tree_hashes(backup.path()),
+        expected,
+        "backup differs from the store"
+    );
+    let (ok, out) = rclone(addr, &["check", "--download", "rb:media", target]);
+    assert!(
+        ok && out.contains("0 differences found"),
+        "rclone check:\n{out}"
+    );
+    let (ok, out) = rclone(addr, &["sync", "-v", "rb:media", target]);
+    assert!(ok && !out.contains("Copied"), "second sync copied:\n{out}");
+    let some = backup.path().join(expected.keys().next().unwrap());
+    let (ok, out) = rclone(
+        addr,
+        &["copyto", some.to_str().unwrap(), "rb:media/new.bin"],
+    );
+    assert!(
+        !ok && out.contains("AccessDenied"),
+        "copyto into media:\n{out}"
+    );
+}
+
+/// s3cmd: `ls` of the bucket, `get` of a file (bytes compared), `put` and `del` refused.
+#[test]
+fn s3cmd_reads_the_media_bucket() {
+    if !s3cmd_available() {
+        return;
+    }
+    let (daemon, addr) = start_with_s3();
+    let expected = store_files(&daemon, 10);
+    let host = addr.to_string();
+    let s3cmd = |args: &[&str]| {
+        let output = Command::new("s3cmd")
+            .args(["--config", "/dev/null", "--no-ssl", "--host", &host])
+            .args(["--host-bucket", &host, "--access_key", ACCESS_KEY])
+            .args(["--secret_key", SECRET_KEY, "--region", "us-east-1"])
+            .args(args)
+            .output()
+            .expect("s3cmd runs");
+        let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
+        text.push_str(&String::from_utf8_lossy(&output.stderr));
+        (output.status.success(), text)
+    };
+    let (ok, listing) = s3cmd(&["ls", "--recursive", "s3://media"]);
+    assert!(ok, "s3cmd ls:\n{listing}");
+    for key in expected.keys() {
+        assert!(
+            listing.contains(&format!("s3://media/{key}")),
+            "{key} not in:\n{listing}"
+        );
+    }
+    let (key, hash) = expected.iter().next().unwrap();
+    let local = tempfile::tempdir().unwrap();
+    let file = local.path().join("got");
+    let (ok, out) = s3cmd(&["get", &format!("s3://media/{key}"), file.to_str().unwrap()]);
+    assert!(ok, "s3cmd get:\n{out}");
+    assert_eq!(&blake3_hex(&std::fs::read(&file).unwrap()), hash);
+    let (ok, out) = s3cmd(&["put", file.to_str().unwrap(), "s3://media/new.bin"]);
+    assert!(!ok && out.contains("AccessDenied"), "s3cmd put:\n{out}");
+    let (ok, out) = s3cmd(&["del", &format!("s3://media/{key}")]);
+    assert!(!ok && out.contains("AccessDenied"), "s3cmd del:\n{out}");
 }
