@@ -8,6 +8,7 @@
 pub mod http;
 pub mod multipart;
 pub mod payload;
+pub mod sigv4;
 
 pub use http::{Connection, Response};
 pub use multipart::Multipart;
