@@ -49,6 +49,9 @@ fn check_line(line: &[u8]) {
             assert_eq!(hash, &*viewed, "replay read another hash");
             assert_eq!(path, &*viewed_path, "replay read another path");
         }
+        (entry, EntryView::Named(named)) => {
+            assert_eq!(&named.into_entry(), entry, "replay read another S3 line");
+        }
         (entry, view) => panic!("decoded {entry:?}, replay saw {view:?}"),
     }
 }

@@ -85,6 +85,34 @@ impl<'a, T> PageBuilder<'a, T> {
         }
     }
 
+    /// With keys offered in ascending order, no later key can make it onto the page.
+    pub fn is_full(&self) -> bool {
+        self.entries.len() > self.request.max_keys
+    }
+
+    /// The first key after every key that rolls up into `common` (a common prefix ending
+    /// in the delimiter): its last character plus one. Keys offered in order can skip to
+    /// it. `None` when that character has no successor.
+    pub fn past_common_prefix(common: &str) -> Option<String> {
+        let last = common.chars().next_back()?;
+        let next = char::from_u32(last as u32 + 1)
+            .or_else(|| char::from_u32(0xE000).filter(|_| last as u32 == 0xD7FF))?;
+        let mut past = common[..common.len() - last.len_utf8()].to_string();
+        past.push(next);
+        Some(past)
+    }
+
+    /// The common prefix `key` rolls up into, if any.
+    pub fn rolled_up<'k>(&self, key: &'k str) -> Option<&'k str> {
+        let request = &self.request;
+        if request.delimiter.is_empty() || !key.starts_with(request.prefix) {
+            return None;
+        }
+        key[request.prefix.len()..]
+            .find(request.delimiter)
+            .map(|at| &key[..request.prefix.len() + at + request.delimiter.len()])
+    }
+
     pub fn finish(self) -> Page<T> {
         let truncated = self.entries.len() > self.request.max_keys;
         let mut page = Page {

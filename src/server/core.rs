@@ -302,6 +302,23 @@ async fn serve_connection(
 }
 
 /// Serves one connection of the S3 listener with s3s (SigV4, XML; `crate::s3`).
+/// `Expect: 100-continue` on a request with an empty body: hyper answers without a
+/// `100 Continue` (there is no body to ask for), and botocore 1.43 — the one aws-cli v1
+/// ships — then reads the next response on that connection wrongly and times out (an
+/// `aws s3 sync` of a tree with an empty file stalls). Closing the connection after the
+/// answer makes the client open a new one; it costs one handshake per such request.
+fn expects_continue_without_body(headers: &hyper::HeaderMap) -> bool {
+    let expects = headers
+        .get(hyper::header::EXPECT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
+    expects
+        && headers
+            .get(hyper::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim() == "0")
+}
+
 async fn serve_s3_connection(
     shared: &Arc<Shared>,
     s3: s3s::service::S3Service,
@@ -331,7 +348,14 @@ async fn serve_s3_connection(
                 request.uri().path().to_string(),
                 request.uri().query().map(str::to_string),
             );
-            let response = hyper::service::Service::call(&s3, request).await?;
+            let close_after = expects_continue_without_body(request.headers());
+            let mut response = hyper::service::Service::call(&s3, request).await?;
+            if close_after {
+                response.headers_mut().insert(
+                    hyper::header::CONNECTION,
+                    hyper::header::HeaderValue::from_static("close"),
+                );
+            }
             let response = response.map(|body| {
                 body.map_err(|e| std::io::Error::other(e.to_string()))
                     .boxed_unsync()

@@ -42,6 +42,16 @@ pub fn with_prefix(path: &str, hash_hex: &str, len: usize) -> String {
     format!("{}{}{}", &path[..leaf_at], &hash_hex[..len], rest)
 }
 
+/// Where the content of S3 objects lives, below `storage/`: one file per content hash,
+/// named by it (content-addressed; shared by every key that names the hash, and by a
+/// hard link with the native file of the same bytes when there is one).
+pub const OBJECTS_DIR: &str = ".objects";
+
+/// The record path of the content blob of `hash_hex`: `storage/.objects/<hh>/<hash>`.
+pub fn object_path(hash_hex: &str) -> String {
+    format!("storage/{OBJECTS_DIR}/{}/{hash_hex}", &hash_hex[..2])
+}
+
 /// The part of a record path after `storage/` (record paths always start with it).
 pub fn below_storage(path: &str) -> PathBuf {
     PathBuf::from(path.strip_prefix("storage/").unwrap_or(path))
@@ -155,6 +165,46 @@ impl Blobs {
             }
         }
         Err(last_error.unwrap_or_else(|| io::Error::from(io::ErrorKind::AlreadyExists)))
+    }
+
+    /// Places the complete tmp file `tmp` as the content blob of `hash_hex` (see
+    /// [`object_path`]). Content-addressed: a file already at that name is a leftover
+    /// of no object (the caller found the hash absent), removed first; the rename itself
+    /// never replaces. Returns the record path.
+    pub async fn place_object(
+        &self,
+        io: &CoreIo,
+        tmp: &Path,
+        hash_hex: &str,
+    ) -> io::Result<String> {
+        let path = object_path(hash_hex);
+        let target = self.absolute(&path);
+        let parent = target.parent().expect("object paths have a parent");
+        self.ensure_dir(io, parent).await?;
+        let mut result = io.rename_noreplace(tmp, &target).await;
+        if matches!(&result, Err(e) if e.kind() == io::ErrorKind::NotFound) && tmp.exists() {
+            self.known_dirs.remove(parent);
+            self.ensure_dir(io, parent).await?;
+            result = io.rename_noreplace(tmp, &target).await;
+        }
+        if matches!(&result, Err(e) if e.kind() == io::ErrorKind::AlreadyExists) {
+            self.remove(io, &path).await?;
+            result = io.rename_noreplace(tmp, &target).await;
+        }
+        result.map(|()| path)
+    }
+
+    /// Hard-links the stored blob at record path `path` to the new tmp path `tmp` and
+    /// returns its size: the same bytes under a second name without writing them again.
+    /// Blocking (one `link`, one `lstat`), as renames are on the core.
+    pub fn link_into_tmp(&self, path: &str, tmp: &Path) -> io::Result<u64> {
+        std::fs::hard_link(self.absolute(path), tmp)?;
+        let meta = std::fs::symlink_metadata(tmp)?;
+        if !meta.file_type().is_file() {
+            let _ = std::fs::remove_file(tmp);
+            return Err(io::Error::from_raw_os_error(libc::ENOENT));
+        }
+        Ok(meta.len())
     }
 
     /// Removes the blob at record path `path` without following a link on the way; a blob

@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 
 use super::index::Index;
 use super::journal::{FileRecord, Journal, JournalEntry, encode_line};
+use super::objects::Objects;
 
 /// Dead journal lines below which the journal is never rewritten.
 pub const COMPACTION_DEAD_LINES_MIN: usize = 10_000;
@@ -52,10 +53,11 @@ pub fn compact(
     journal_path: &Path,
     journal: Journal,
     index: &Index,
+    objects: &Objects,
     lines_before: usize,
 ) -> io::Result<(Journal, Compacted)> {
     let new_path = leftover_path(journal_path);
-    let (lines_after, bytes_after) = write_live(&new_path, index)?;
+    let (lines_after, bytes_after) = write_live(&new_path, index, objects)?;
     journal.forget_marker()?;
     drop(journal);
     std::fs::rename(&new_path, journal_path)?;
@@ -71,8 +73,9 @@ pub fn compact(
     Ok((journal, report))
 }
 
-/// Step 1: one `put` line per stored file, oldest first, synced.
-fn write_live(path: &Path, index: &Index) -> io::Result<(usize, u64)> {
+/// Step 1: one `put` line per stored file, oldest first, then one `bucket` line per S3
+/// bucket and one `object` line per key; synced.
+fn write_live(path: &Path, index: &Index, objects: &Objects) -> io::Result<(usize, u64)> {
     let file = OpenOptions::new()
         .write(true)
         .create(true)
@@ -98,6 +101,21 @@ fn write_live(path: &Path, index: &Index) -> io::Result<(usize, u64)> {
             Err(e) => failed = Some(e),
         }
     });
+    let mut write = |entry: JournalEntry| {
+        if failed.is_some() {
+            return;
+        }
+        line.clear();
+        encode_line(&entry, &mut line);
+        match out.write_all(&line) {
+            Ok(()) => {
+                lines += 1;
+                bytes += line.len() as u64;
+            }
+            Err(e) => failed = Some(e),
+        }
+    };
+    objects.for_each_line(&mut write);
     if let Some(e) = failed {
         return Err(e);
     }

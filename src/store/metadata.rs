@@ -25,15 +25,36 @@ use std::time::SystemTime;
 
 use super::index::{Index, StoredFile};
 use super::journal::{FileRecord, InFlight, Journal, JournalEntry, encode_line};
+use super::objects::Objects;
 
 pub struct Metadata {
     pub index: Index,
+    /// Named objects (S3): buckets, keys, and the content they reference.
+    pub objects: Objects,
     journal: Arc<Journal>,
 }
 
 impl Metadata {
-    pub fn new(index: Index, journal: Arc<Journal>) -> Metadata {
-        Metadata { index, journal }
+    pub fn new(index: Index, objects: Objects, journal: Arc<Journal>) -> Metadata {
+        Metadata {
+            index,
+            objects,
+            journal,
+        }
+    }
+
+    /// Logs S3 lines in one append (a bucket, a bucket delete).
+    pub fn log_named(&self, entries: &[JournalEntry]) -> io::Result<()> {
+        let lines = encode_all(entries);
+        super::failpoint::check("journal-append")?;
+        self.journal.append(&lines)
+    }
+
+    /// Logs S3 lines in one append, in flight until resolved (an object line with the
+    /// `blob_remove` it implies, a `blob_place` intent).
+    pub fn log_named_in_flight(&self, entries: &[JournalEntry]) -> io::Result<InFlight> {
+        let lines = encode_all(entries);
+        self.append_in_flight(&lines)
     }
 
     /// The journal, for the group commit and the final sync at exit.
@@ -113,6 +134,14 @@ impl Metadata {
     }
 }
 
-fn now_rfc3339() -> String {
+fn encode_all(entries: &[JournalEntry]) -> Vec<u8> {
+    let mut lines = Vec::with_capacity(entries.len() * 320);
+    for entry in entries {
+        encode_line(entry, &mut lines);
+    }
+    lines
+}
+
+pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
 }

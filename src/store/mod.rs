@@ -37,6 +37,8 @@ pub mod index;
 pub mod io;
 pub mod journal;
 pub mod metadata;
+pub mod object_protocol;
+pub mod objects;
 pub mod protocol;
 pub mod recovery;
 pub mod stored;
@@ -107,6 +109,7 @@ impl Store {
             durability::distinct_file_systems(&[data_dir, &storage_dir, &tmp_dir, &metadata_dir])
                 .map_err(|e| OpenError(format!("cannot open the data dir to sync it: {e}")))?;
         let index = Index::new();
+        let objects = objects::Objects::new();
         let recovered = recovery::recover(
             &recovery::Layout {
                 data_dir,
@@ -115,6 +118,7 @@ impl Store {
                 journal_path: &metadata_dir.join("journal.ndjson"),
             },
             &index,
+            &objects,
             &sync_targets,
             durability,
         )?;
@@ -127,7 +131,7 @@ impl Store {
         .map_err(|e| OpenError(format!("cannot start the sync thread: {e}")))?;
         let store = Store {
             data_dir: data_dir.to_path_buf(),
-            metadata: Metadata::new(index, journal),
+            metadata: Metadata::new(index, objects, journal),
             blobs: Blobs::new(data_dir, storage_dir, tmp_dir, storage_root),
             durability,
             group_commit,

@@ -311,9 +311,15 @@ impl Store {
     ) -> Result<(), StoreError> {
         let mut writes: Vec<(Hash, &[Bytes], PathBuf)> = Vec::new();
         for (hash, plan) in plans {
-            let Plan::New { first, .. } = plan else {
+            let Plan::New { first, record } = plan else {
                 continue;
             };
+            // The same bytes stored for S3 keys: a hard link, not a second copy (O4 of
+            // `store::object_protocol`).
+            if let Some(linked) = self.link_object_blob(hash, record.size, tmp_files) {
+                tmp_of.insert(*hash, linked);
+                continue;
+            }
             match items[*first].staged {
                 Staged::Memory(chunks) => {
                     let path = self.blobs.next_tmp_path();
@@ -347,6 +353,31 @@ impl Store {
         match first_error {
             Some(e) => Err(StoreError::new("cannot write tmp file", e)),
             None => Ok(()),
+        }
+    }
+
+    /// Hard-links the S3 content blob of `hash` into a new tmp file when one is present
+    /// (the blob cannot start being removed meanwhile); `None` otherwise.
+    fn link_object_blob(
+        &self,
+        hash: &Hash,
+        size: u64,
+        tmp_files: &mut TmpFiles,
+    ) -> Option<PathBuf> {
+        let tmp = self.blobs.next_tmp_path();
+        let blob = super::blobs::object_path(blake3::Hash::from_bytes(*hash).to_hex().as_str());
+        let linked = self
+            .metadata
+            .objects
+            .with_present_blob(hash, || self.blobs.link_into_tmp(&blob, &tmp))?;
+        tmp_files.add(tmp.clone());
+        match linked {
+            Ok(linked_size) if linked_size == size => Some(tmp),
+            Ok(_) => {
+                let _ = std::fs::remove_file(&tmp);
+                None
+            }
+            Err(_) => None,
         }
     }
 

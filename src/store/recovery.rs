@@ -33,11 +33,14 @@ use std::path::{Path, PathBuf};
 
 use super::OpenError;
 use super::beneath;
-use super::blobs::{NAME_PREFIX_HEX_LENGTHS, below_storage, with_prefix};
+use super::blobs::{NAME_PREFIX_HEX_LENGTHS, OBJECTS_DIR, below_storage, object_path, with_prefix};
 use super::compaction;
 use super::durability;
 use super::index::{Index, parse_hash};
-use super::journal::{EntryView, Journal, JournalEntry, ReplayError, Stop, encode_line};
+use super::journal::{
+    EntryView, Journal, JournalEntry, NamedEntry, ReplayError, Stop, encode_line,
+};
+use super::objects::Objects;
 use crate::config::Durability;
 
 /// What start-up found, for the start-up log line.
@@ -73,15 +76,34 @@ pub struct Recovered {
 
 /// An operation logged after the marker's `resolved_before`.
 enum Logged {
-    Place { hash: String, path: String },
-    Delete { path: String },
-    Put { hash: String, path: String },
+    Place {
+        hash: String,
+        path: String,
+    },
+    Delete {
+        path: String,
+    },
+    Put {
+        hash: String,
+        path: String,
+    },
+    /// A `blob_place` or `blob_remove`: the blob must go unless a key names the hash.
+    Blob {
+        hash: String,
+    },
+    /// An `object` line: its blob must be whole.
+    Object {
+        bucket: String,
+        key: String,
+        hash: String,
+    },
 }
 
 /// Steps 1–5 of the module docs; `index` is filled by the replay.
 pub fn recover(
     layout: &Layout<'_>,
     index: &Index,
+    objects: &Objects,
     sync_targets: &[File],
     durability: Durability,
 ) -> Result<Recovered, OpenError> {
@@ -95,11 +117,13 @@ pub fn recover(
     let mut logged: Vec<Logged> = Vec::new();
     let mut records = 0usize;
     let (journal, replay, _) = Journal::open(layout.journal_path, |offset, entry| {
-        records += usize::from(!matches!(entry, EntryView::Place { .. }));
-        if offset >= resolved_before {
-            logged.push(logged_of(&entry));
+        records += usize::from(!is_intent(&entry));
+        if offset >= resolved_before
+            && let Some(op) = logged_of(&entry)
+        {
+            logged.push(op);
         }
-        apply(index, entry);
+        apply(index, objects, entry);
     })
     .map_err(|e| open_error(layout, e))?;
     if replay.torn_tail_bytes > 0 {
@@ -119,11 +143,20 @@ pub fn recover(
         in_flight_checked: logged.len(),
         ..OpenReport::default()
     };
-    let mut repairs = recheck(layout.storage_root, index, &logged, &mut report)
+    let mut repairs = recheck(layout.storage_root, index, objects, &logged, &mut report)
         .map_err(|e| OpenError(format!("cannot clean up after the last run: {e}")))?;
     if durability == Durability::None && unclean {
         let storage = layout.data_dir.join("storage");
         walk_for_strays(&storage, index, &mut report, &mut repairs)
+            .and_then(|()| {
+                walk_objects(
+                    layout.storage_root,
+                    &storage,
+                    objects,
+                    &mut report,
+                    &mut repairs,
+                )
+            })
             .map_err(|e| OpenError(format!("cannot look for stray files: {e}")))?;
     }
     if !repairs.is_empty() {
@@ -140,10 +173,11 @@ pub fn recover(
         .and_then(|()| journal.flush_marker())
         .map_err(|e| OpenError(format!("cannot write the journal's sync marker: {e}")))?;
     let lines_total = replay.records + repairs.iter().filter(|&&b| b == b'\n').count();
-    let journal = if compaction::is_due(lines_total, index.len()) {
+    let journal = if compaction::is_due(lines_total, index.len() + objects.live_lines()) {
         let started = std::time::Instant::now();
-        let (journal, done) = compaction::compact(layout.journal_path, journal, index, lines_total)
-            .map_err(|e| OpenError(format!("cannot compact the journal: {e}")))?;
+        let (journal, done) =
+            compaction::compact(layout.journal_path, journal, index, objects, lines_total)
+                .map_err(|e| OpenError(format!("cannot compact the journal: {e}")))?;
         crate::log_line!(
             "rhinobox: journal compacted: {} lines to {} ({} bytes) in {:.0} ms",
             done.lines_before,
@@ -170,8 +204,16 @@ fn open_error(layout: &Layout<'_>, error: ReplayError) -> OpenError {
     OpenError(format!("{}: {error}{hint}", layout.journal_path.display()))
 }
 
-fn logged_of(entry: &EntryView<'_>) -> Logged {
-    match entry {
+fn is_intent(entry: &EntryView<'_>) -> bool {
+    matches!(
+        entry,
+        EntryView::Place { .. }
+            | EntryView::Named(NamedEntry::BlobPlace { .. } | NamedEntry::BlobRemove { .. })
+    )
+}
+
+fn logged_of(entry: &EntryView<'_>) -> Option<Logged> {
+    Some(match entry {
         EntryView::Put(record) => Logged::Put {
             hash: record.hash.to_string(),
             path: record.path.to_string(),
@@ -183,10 +225,19 @@ fn logged_of(entry: &EntryView<'_>) -> Logged {
             hash: hash.to_string(),
             path: path.to_string(),
         },
-    }
+        EntryView::Named(NamedEntry::BlobPlace { hash } | NamedEntry::BlobRemove { hash }) => {
+            Logged::Blob { hash: hash.clone() }
+        }
+        EntryView::Named(NamedEntry::Object(record)) => Logged::Object {
+            bucket: record.bucket.clone(),
+            key: record.key.clone(),
+            hash: record.hash.clone(),
+        },
+        EntryView::Named(_) => return None,
+    })
 }
 
-fn apply(index: &Index, entry: EntryView<'_>) {
+fn apply(index: &Index, objects: &Objects, entry: EntryView<'_>) {
     match entry {
         EntryView::Put(record) => {
             let inserted = parse_hash(&record.hash).and_then(|hash| index.insert(&hash, &record));
@@ -203,6 +254,7 @@ fn apply(index: &Index, entry: EntryView<'_>) {
                 index.remove(&hash);
             }
         }
+        EntryView::Named(named) => objects.apply(&named),
     }
 }
 
@@ -210,12 +262,48 @@ fn apply(index: &Index, entry: EntryView<'_>) {
 fn recheck(
     root: &File,
     index: &Index,
+    objects: &Objects,
     logged: &[Logged],
     report: &mut OpenReport,
 ) -> io::Result<Vec<u8>> {
     let mut lines = Vec::new();
+    let mut blobs_checked: std::collections::HashSet<&str> = std::collections::HashSet::new();
     for op in logged {
         match op {
+            Logged::Blob { hash } => {
+                if parse_hash(hash).is_some_and(|h| objects.refs(&h) == 0) && hash.len() == 64 {
+                    let path = object_path(hash);
+                    let relative = below_storage(&path);
+                    if beneath::metadata_beneath(root, &relative).is_ok() {
+                        remove_present(root, &relative)?;
+                        crate::log_line!(
+                            "rhinobox: warning: removed stray object content {path} (placed \
+                             or released when the last run ended)"
+                        );
+                        report.strays_removed += 1;
+                    }
+                }
+            }
+            Logged::Object { bucket, key, hash } => {
+                let Some(record) = objects.get(bucket, key) else {
+                    continue;
+                };
+                if record.hash != *hash || !blobs_checked.insert(hash.as_str()) {
+                    continue;
+                }
+                let Some(h) = parse_hash(hash) else { continue };
+                let path = object_path(hash);
+                let relative = below_storage(&path);
+                if content_matches(root, &relative, record.size, &h) {
+                    continue;
+                }
+                crate::log_line!(
+                    "rhinobox: warning: the content of S3 objects of hash {hash} is missing or \
+                     damaged after the last run; the objects naming it are deleted"
+                );
+                report.records_lost += forget_objects_of(objects, &h, &mut lines);
+                remove_present(root, &relative)?;
+            }
             Logged::Place { hash, path } => {
                 for len in NAME_PREFIX_HEX_LENGTHS {
                     if hash.len() < len {
@@ -288,6 +376,78 @@ fn content_matches(root: &File, relative: &Path, size: u64, hash: &[u8; 32]) -> 
     hasher.finalize().as_bytes() == hash
 }
 
+/// Deletes every key naming `hash` (its blob is lost), appending `object_delete` lines.
+fn forget_objects_of(objects: &Objects, hash: &[u8; 32], lines: &mut Vec<u8>) -> usize {
+    let hex = blake3::Hash::from_bytes(*hash).to_hex();
+    let mut keys = Vec::new();
+    for bucket in objects.buckets() {
+        objects.scan_from(&bucket.name, "", |record| {
+            if record.hash == hex.as_str() {
+                keys.push((record.bucket.clone(), record.key.clone()));
+            }
+            true
+        });
+    }
+    for (bucket, key) in &keys {
+        objects.forget(bucket, key);
+        let entry = JournalEntry::ObjectDelete {
+            bucket: bucket.clone(),
+            key: key.clone(),
+        };
+        encode_line(&entry, lines);
+    }
+    keys.len()
+}
+
+/// Durability `none`, unclean stop: the `.objects/` part of the walk. A blob no key names
+/// is removed; a key whose blob is missing or not of its size is deleted.
+fn walk_objects(
+    root: &File,
+    storage: &Path,
+    objects: &Objects,
+    report: &mut OpenReport,
+    lines: &mut Vec<u8>,
+) -> io::Result<()> {
+    let dir = storage.join(OBJECTS_DIR);
+    let mut present: std::collections::HashSet<[u8; 32]> = std::collections::HashSet::new();
+    let expected: std::collections::HashMap<[u8; 32], u64> = objects.hashes().into_iter().collect();
+    if dir.is_dir() {
+        for shard in std::fs::read_dir(&dir)? {
+            let shard = shard?;
+            if !shard.file_type()?.is_dir() {
+                continue;
+            }
+            for entry in std::fs::read_dir(shard.path())? {
+                let entry = entry?;
+                let name = entry.file_name();
+                let hash = name.to_str().and_then(parse_hash);
+                let size = entry.metadata()?.len();
+                match hash.and_then(|h| expected.get(&h).map(|s| (h, *s))) {
+                    Some((h, s)) if s == size && entry.file_type()?.is_file() => {
+                        present.insert(h);
+                    }
+                    _ => {
+                        remove_present_path(&entry.path())?;
+                        crate::log_line!(
+                            "rhinobox: warning: removed stray object content {} (durability \
+                             none, unclean stop)",
+                            entry.path().display()
+                        );
+                        report.strays_removed += 1;
+                    }
+                }
+            }
+        }
+    }
+    let _ = root;
+    for hash in expected.keys() {
+        if !present.contains(hash) {
+            report.records_lost += forget_objects_of(objects, hash, lines);
+        }
+    }
+    Ok(())
+}
+
 /// Durability `none` after a stop that was not clean: renames may have reached the disk
 /// while the intents logged before them did not (nothing orders two files without a
 /// sync), so the in-flight re-check cannot see every stray. Walks all of `storage/`
@@ -309,7 +469,7 @@ fn walk_for_strays(
             let entry = entry?;
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
-            if record_dir == "storage" && name == ".tmp" {
+            if record_dir == "storage" && (name == ".tmp" || name == OBJECTS_DIR) {
                 continue;
             }
             let record_path = format!("{record_dir}/{name}");
@@ -366,7 +526,10 @@ fn remove_present_path(path: &Path) -> io::Result<()> {
 
 /// Removes `path` when it exists and no record names it; 1 when removed.
 fn remove_stray(root: &File, index: &Index, path: &str) -> io::Result<usize> {
-    if index.get_by_path(path).is_some() || !path.starts_with("storage/") {
+    if index.get_by_path(path).is_some()
+        || !path.starts_with("storage/")
+        || path.starts_with(&format!("storage/{OBJECTS_DIR}/"))
+    {
         return Ok(0);
     }
     let relative = below_storage(path);

@@ -27,6 +27,7 @@ use super::AuditError;
 use super::digest::{Progress, READ_BLOCK_BYTES, digest_file, for_each_parallel};
 use super::scan::{Audit, LineHint, StrayKind, say, scan_journal, stored_name_of};
 use crate::ingest::sniff::detect;
+use crate::store::blobs::object_path;
 use crate::store::index::Hash;
 use crate::store::journal::{FileRecord, JournalEntry, encode_line};
 
@@ -150,7 +151,56 @@ fn end_records(
         say(out, format_args!("delete line for {path} ({why})"));
         done.records_deleted += 1;
     }
+    end_objects(audit, aside, done, out, &mut lines);
     lines
+}
+
+/// The `object_delete` lines for S3 keys whose content blob is missing or damaged (the
+/// damaged blob moved aside first; when that fails the keys stay and a rerun tries again).
+fn end_objects(
+    audit: &Audit,
+    aside: &mut AsideDir<'_>,
+    done: &mut Repaired,
+    out: &mut dyn Write,
+    lines: &mut Vec<u8>,
+) {
+    let objects = &audit.journal.objects;
+    let mut lost: Vec<&Hash> = audit.objects_missing.iter().collect();
+    for hash in &audit.objects_damaged {
+        let path = object_path(blake3::Hash::from_bytes(*hash).to_hex().as_str());
+        match aside.move_in(Path::new(&path)) {
+            Ok(to) => {
+                say(
+                    out,
+                    format_args!("moved damaged {path} to {}", to.display()),
+                );
+                done.files_moved_aside += 1;
+                lost.push(hash);
+            }
+            Err(e) => fail(done, format_args!("cannot move {path} aside: {e}")),
+        }
+    }
+    for hash in lost {
+        let hex = blake3::Hash::from_bytes(*hash).to_hex();
+        for bucket in objects.buckets() {
+            objects.scan_from(&bucket.name, "", |record| {
+                if record.hash == hex.as_str() {
+                    let entry = JournalEntry::ObjectDelete {
+                        bucket: record.bucket.clone(),
+                        key: record.key.clone(),
+                    };
+                    encode_line(&entry, lines);
+                    let (b, k) = (&record.bucket, &record.key);
+                    say(
+                        out,
+                        format_args!("object_delete line for {b}/{k} (content {hex} lost)"),
+                    );
+                    done.records_deleted += 1;
+                }
+                true
+            });
+        }
+    }
 }
 
 /// Reports a failed step on stderr and counts it.

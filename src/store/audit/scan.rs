@@ -18,6 +18,7 @@ use memchr::memmem;
 
 use super::AuditError;
 use super::digest::{Progress, READ_BLOCK_BYTES, digest_file, for_each_parallel};
+use crate::store::blobs::object_path;
 use crate::store::index::{Hash, parse_hash};
 use crate::store::journal::{EntryView, decode_line_view};
 
@@ -73,6 +74,8 @@ pub struct JournalScan {
     pub tail_start: usize,
     /// Bytes of the journal.
     pub length: u64,
+    /// S3 buckets and objects, as the valid lines say.
+    pub objects: crate::store::objects::Objects,
 }
 
 impl JournalScan {
@@ -117,6 +120,7 @@ impl JournalScan {
                 }
             }
             EntryView::Place { .. } => {}
+            EntryView::Named(named) => self.objects.apply(&named),
         }
     }
 }
@@ -426,6 +430,9 @@ pub struct Audit {
     /// Live records whose file is missing, and those whose file is damaged.
     pub missing: Vec<Hash>,
     pub damaged: Vec<Hash>,
+    /// Content of S3 objects whose blob is missing, or damaged.
+    pub objects_missing: Vec<Hash>,
+    pub objects_damaged: Vec<Hash>,
     pub files_checked: usize,
     pub bytes_checked: u64,
 }
@@ -437,6 +444,8 @@ impl Audit {
             + self.missing.len()
             + self.damaged.len()
             + self.tree.strays.len()
+            + self.objects_missing.len()
+            + self.objects_damaged.len()
     }
 }
 
@@ -467,16 +476,38 @@ pub fn audit(
             ),
         );
     }
-    let referenced: HashSet<&str> = journal.live.values().map(|r| r.path.as_str()).collect();
+    let object_blobs: HashMap<Hash, LiveRecord> = journal
+        .objects
+        .hashes()
+        .into_iter()
+        .map(|(hash, size_bytes)| {
+            let path = object_path(blake3::Hash::from_bytes(hash).to_hex().as_str());
+            let record = LiveRecord {
+                path,
+                size_bytes,
+                line_number: 0,
+            };
+            (hash, record)
+        })
+        .collect();
+    let referenced: HashSet<&str> = journal
+        .live
+        .values()
+        .chain(object_blobs.values())
+        .map(|r| r.path.as_str())
+        .collect();
     let tree = walk_storage(data_dir, &referenced, progress, out)?;
     drop(referenced);
     let mut records: Vec<(&Hash, &LiveRecord)> = journal.live.iter().collect();
+    records.extend(object_blobs.iter());
     records.sort_by(|a, b| a.1.path.cmp(&b.1.path));
     let bytes_total = records.iter().map(|(_, r)| r.size_bytes).sum();
     let (mut missing, mut damaged) = (Vec::new(), Vec::new());
+    let (mut objects_missing, mut objects_damaged) = (Vec::new(), Vec::new());
     let check = |(hash, record): &(&Hash, &LiveRecord), buffer: &mut [u8], done: &AtomicU64| {
         check_record(data_dir, hash, record, buffer, done)
     };
+    let is_object = |record: &LiveRecord| record.line_number == 0;
     for_each_parallel(
         &records,
         bytes_total,
@@ -486,7 +517,10 @@ pub fn audit(
             FileState::Healthy => {}
             FileState::Missing { why } => {
                 say(out, format_args!("missing {}{why}", record.path));
-                missing.push(**hash);
+                match is_object(record) {
+                    true => objects_missing.push(**hash),
+                    false => missing.push(**hash),
+                }
             }
             FileState::Damaged { found } => {
                 let expected = blake3::Hash::from_bytes(**hash).to_hex();
@@ -495,17 +529,23 @@ pub fn audit(
                     out,
                     format_args!("damaged {path} (expected {expected}, found {found})"),
                 );
-                damaged.push(**hash);
+                match is_object(record) {
+                    true => objects_damaged.push(**hash),
+                    false => damaged.push(**hash),
+                }
             }
         },
     );
     let files_checked = records.len();
     drop(records);
+    drop(object_blobs);
     Ok(Audit {
         journal,
         tree,
         missing,
         damaged,
+        objects_missing,
+        objects_damaged,
         files_checked,
         bytes_checked: bytes_total,
     })
