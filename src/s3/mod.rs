@@ -25,6 +25,7 @@
 pub mod listing;
 pub mod multipart;
 pub mod receive;
+pub mod tree_hash;
 
 use std::path::Path;
 use std::pin::Pin;
@@ -276,6 +277,9 @@ impl Front {
             .map_err(|e| S3Error::with_message(S3ErrorCode::SlowDown, e.message))
     }
 }
+
+/// Deletes of one DeleteObjects request in flight at once.
+const DELETES_AT_ONCE: usize = 16;
 
 /// Records read per lock of a bucket while listing.
 const LIST_BATCH: usize = 1000;
@@ -675,16 +679,15 @@ impl S3 for Front {
         let (content_type, meta) = (input.content_type, meta_of(input.metadata));
         let (stored, checksums) = on_core(move |ctx| async move {
             let mut tmp_files = TmpFiles::new(ctx.reaper.clone());
-            let received = receive::receive(
-                &ctx,
+            let incoming = receive::Incoming {
                 body,
-                leaf_of(&key),
-                content_type.clone(),
-                &declared,
-                trailers.as_ref(),
-                &mut tmp_files,
-            )
-            .await?;
+                name: leaf_of(&key),
+                content_type: content_type.clone(),
+                declared: &declared,
+                trailers: trailers.as_ref(),
+                extra: receive::Extra::default(),
+            };
+            let received = receive::receive(&ctx, incoming, &mut tmp_files).await?;
             let file = &received.file;
             let record = new_record(
                 bucket,
@@ -829,12 +832,19 @@ impl S3 for Front {
             return Err(s3_error!(MalformedXML, "at most 1,000 keys per request"));
         }
         let bucket = input.bucket;
+        // Deletes of different keys share group commits: a few run at once, answered in
+        // request order.
         let results = on_core(move |ctx| async move {
-            let mut results = Vec::with_capacity(keys.len());
-            for key in keys {
-                let result = ctx.store.delete_object(&ctx.io, &bucket, &key).await;
-                results.push((key, result.map(|_| ()).map_err(object_error)));
-            }
+            use futures_util::StreamExt;
+            let (ctx, bucket) = (&ctx, &bucket);
+            let results: Vec<(String, S3Result<()>)> = futures_util::stream::iter(keys)
+                .map(|key| async move {
+                    let result = ctx.store.delete_object(&ctx.io, bucket, &key).await;
+                    (key, result.map(|_| ()).map_err(object_error))
+                })
+                .buffered(DELETES_AT_ONCE)
+                .collect()
+                .await;
             Ok(results)
         })
         .await?;
@@ -907,18 +917,23 @@ impl S3 for Front {
         );
         let trailers = req.trailing_headers;
         let (upload_id, number, body) = (input.upload_id, input.part_number, input.body);
+        let extra = receive::Extra {
+            subtree: input
+                .content_length
+                .and_then(|len| tree_hash::part_hasher(number, len as u64)),
+            head_bytes: if number == 1 { SNIFF_BYTES } else { 0 },
+        };
         let (etag, checksums) = on_core(move |ctx| async move {
             let mut tmp_files = TmpFiles::new(ctx.reaper.clone());
-            let received = receive::receive(
-                &ctx,
+            let incoming = receive::Incoming {
                 body,
-                "part",
-                None,
-                &declared,
-                trailers.as_ref(),
-                &mut tmp_files,
-            )
-            .await?;
+                name: "part",
+                content_type: None,
+                declared: &declared,
+                trailers: trailers.as_ref(),
+                extra,
+            };
+            let received = receive::receive(&ctx, incoming, &mut tmp_files).await?;
             let tmp = match receive::memory_chunks(&received.file) {
                 Some(chunks) => {
                     let path = ctx.store.blobs.next_tmp_path();
@@ -943,6 +958,12 @@ impl S3 for Front {
                 tmp,
                 size: received.file.size,
                 md5: received.md5,
+                hash: received.file.hash,
+                // A subtree value is only good for a part of the size it assumed.
+                subtree: received
+                    .subtree
+                    .filter(|_| tree_hash::is_subtree_size(received.file.size)),
+                head: received.head,
                 last_modified: SystemTime::now(),
             };
             let etag = part.etag();
@@ -954,8 +975,8 @@ impl S3 for Front {
                         let _ = std::fs::remove_file(&old.tmp);
                     }
                 }
-                Err(part) => {
-                    let _ = std::fs::remove_file(&part.tmp);
+                Err(file) => {
+                    let _ = std::fs::remove_file(&file);
                     return Err(s3_error!(NoSuchUpload));
                 }
             }
@@ -992,10 +1013,10 @@ impl S3 for Front {
         let (bucket, key, upload_id) = (input.bucket, input.key, input.upload_id);
         let upload = UPLOADS.take(&upload_id, &bucket, &key)?;
         let checked = multipart::chosen_parts(&upload, &listed).map(|parts| {
-            let paths: Vec<std::path::PathBuf> = parts.iter().map(|p| p.tmp.clone()).collect();
-            (paths, multipart::multipart_etag(&parts))
+            let plan = multipart::Plan::of(&parts, &listed);
+            (plan, multipart::multipart_etag(&parts))
         });
-        let (paths, etag) = match checked {
+        let (plan, etag) = match checked {
             Ok(checked) => checked,
             Err(e) => {
                 UPLOADS.put_back(upload_id, upload);
@@ -1022,7 +1043,7 @@ impl S3 for Front {
             std::thread::Builder::new()
                 .name("rhinobox-assemble".into())
                 .spawn(move || {
-                    let _ = sender.send(multipart::assemble(&paths, &target, SNIFF_BYTES));
+                    let _ = sender.send(plan.assemble(&target));
                 })
                 .map_err(|e| s3_error!(InternalError, "cannot start an assembly: {e}"))?;
             let (hash, size, head) = receiver

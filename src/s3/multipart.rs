@@ -22,7 +22,10 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
+use blake3::hazmat::{ChainingValue, HasherExt};
 use s3s::crypto::{Checksum as _, Md5};
+
+use super::tree_hash;
 use s3s::{S3Result, s3_error};
 
 pub const UPLOADS_MAX: usize = 10_000;
@@ -35,6 +38,12 @@ pub struct Part {
     pub tmp: PathBuf,
     pub size: u64,
     pub md5: [u8; 16],
+    /// BLAKE3 of the part alone (the object's hash when it is the only part).
+    pub hash: [u8; 32],
+    /// Its chaining value as a subtree at this input offset (see `s3::tree_hash`).
+    pub subtree: Option<(u64, ChainingValue)>,
+    /// The first bytes of part 1 (the object's sniff); empty for other parts.
+    pub head: Vec<u8>,
     pub last_modified: SystemTime,
 }
 
@@ -109,12 +118,12 @@ impl Uploads {
         }
     }
 
-    /// Adds a received part; the part it replaces, or this one when the upload is gone
-    /// (the caller removes the returned part's file).
-    pub fn add_part(&self, id: &str, number: i32, part: Part) -> Result<Option<Part>, Part> {
+    /// Adds a received part; the part it replaces, or the file of this one when the
+    /// upload is gone (the caller removes that file).
+    pub fn add_part(&self, id: &str, number: i32, part: Part) -> Result<Option<Part>, PathBuf> {
         match self.lock().get_mut(id) {
             Some(upload) => Ok(upload.parts.insert(number, part)),
-            None => Err(part),
+            None => Err(part.tmp),
         }
     }
 
@@ -204,6 +213,145 @@ pub fn multipart_etag(parts: &[&Part]) -> String {
     format!("{}-{}", hex(&md5.finalize()), parts.len())
 }
 
+/// How Complete gets the object's BLAKE3.
+enum Hashing {
+    /// One part, hashed when it arrived.
+    Whole([u8; 32]),
+    /// Parts of one power-of-two size: merge their values (the last part's is computed
+    /// from its file when it was not a whole subtree on arrival).
+    Tree {
+        part_size: u64,
+        values: Vec<ChainingValue>,
+        last: Option<ChainingValue>,
+        last_offset: u64,
+        total: u64,
+    },
+    /// Anything else: hash the bytes as they are copied.
+    Copying,
+}
+
+/// What Complete does with the chosen parts.
+pub struct Plan {
+    paths: Vec<PathBuf>,
+    hashing: Hashing,
+    head: Vec<u8>,
+}
+
+impl Plan {
+    /// `parts` as [`chosen_parts`] returned them for `listed`.
+    pub fn of(parts: &[&Part], listed: &[(i32, String)]) -> Plan {
+        let paths = parts.iter().map(|p| p.tmp.clone()).collect();
+        let numbered_from_one = listed
+            .iter()
+            .enumerate()
+            .all(|(i, (n, _))| *n == i as i32 + 1);
+        let head = parts.first().map(|p| p.head.clone()).unwrap_or_default();
+        let hashing = if !numbered_from_one || parts.is_empty() {
+            Hashing::Copying
+        } else if parts.len() == 1 {
+            Hashing::Whole(parts[0].hash)
+        } else {
+            tree_of(parts).unwrap_or(Hashing::Copying)
+        };
+        Plan {
+            paths,
+            hashing,
+            head,
+        }
+    }
+
+    /// Assembles the parts into the new file `tmp` (blocking: run on a thread of its
+    /// own): their BLAKE3, size and first bytes.
+    pub fn assemble(self, tmp: &std::path::Path) -> std::io::Result<([u8; 32], u64, Vec<u8>)> {
+        let (part_size, values, last, last_offset, total) = match self.hashing {
+            Hashing::Copying => {
+                return assemble(&self.paths, tmp, crate::ingest::sniff::SNIFF_BYTES);
+            }
+            Hashing::Whole(hash) => {
+                let size = copy_parts(&self.paths, tmp)?;
+                return Ok((hash, size, self.head));
+            }
+            Hashing::Tree {
+                part_size,
+                values,
+                last,
+                last_offset,
+                total,
+            } => (part_size, values, last, last_offset, total),
+        };
+        let size = copy_parts(&self.paths, tmp)?;
+        if size != total {
+            return Err(std::io::Error::other(
+                "a part changed size while completing",
+            ));
+        }
+        let last = match last {
+            Some(value) => value,
+            None => {
+                let path = self.paths.last().expect("two parts or more");
+                let mut hasher = blake3::Hasher::new();
+                hasher.set_input_offset(last_offset);
+                hasher.update_reader(std::fs::File::open(path)?)?;
+                tree_hash::subtree_value(&hasher)
+            }
+        };
+        let mut all = values;
+        all.push(last);
+        Ok((
+            *tree_hash::combine(&all, part_size, total).as_bytes(),
+            size,
+            self.head,
+        ))
+    }
+}
+
+fn tree_of(parts: &[&Part]) -> Option<Hashing> {
+    let part_size = parts[0].size;
+    if !tree_hash::is_subtree_size(part_size) {
+        return None;
+    }
+    let (last, whole) = parts.split_last()?;
+    let mut values = Vec::with_capacity(whole.len());
+    for (i, part) in whole.iter().enumerate() {
+        match part.subtree {
+            Some((offset, value)) if part.size == part_size && offset == i as u64 * part_size => {
+                values.push(value)
+            }
+            _ => return None,
+        }
+    }
+    if last.size == 0 || last.size > part_size {
+        return None;
+    }
+    let last_offset = whole.len() as u64 * part_size;
+    let last_value = match last.subtree {
+        Some((offset, value)) if offset == last_offset && last.size == part_size => Some(value),
+        _ => None,
+    };
+    Some(Hashing::Tree {
+        part_size,
+        values,
+        last: last_value,
+        last_offset,
+        total: last_offset + last.size,
+    })
+}
+
+/// Concatenates the parts into the new file `tmp` by `copy_file_range` (what `io::copy`
+/// does between files on Linux: no copy through user space, a reflink where the file
+/// system shares extents); the bytes copied.
+fn copy_parts(parts: &[PathBuf], tmp: &std::path::Path) -> std::io::Result<u64> {
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(tmp)?;
+    let mut size = 0;
+    for part in parts {
+        size += std::io::copy(&mut std::fs::File::open(part)?, &mut out)?;
+    }
+    Ok(size)
+}
+
 /// Assembles `parts` into the new file `tmp` in one pass (blocking: run on a thread of
 /// its own), hashing as it goes; keeps the first `head_bytes` for sniffing.
 pub fn assemble(
@@ -260,6 +408,9 @@ mod tests {
             tmp: PathBuf::new(),
             size,
             md5: [md5; 16],
+            hash: [0; 32],
+            subtree: None,
+            head: Vec::new(),
             last_modified: SystemTime::UNIX_EPOCH,
         }
     }
@@ -315,6 +466,57 @@ mod tests {
             multipart_etag(&[&a, &b]),
             format!("{}-2", hex(&md5.finalize()))
         );
+    }
+
+    /// Parts hashed on arrival as subtrees give the whole object's hash at Complete,
+    /// whether the last part is whole or short; other shapes fall back to copying.
+    #[test]
+    fn planned_assembly_gives_the_hash_of_the_whole() {
+        let dir = std::env::temp_dir().join(format!("rhinobox-plan-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let size = 4096u64;
+        for (sizes, fast) in [
+            (vec![size, size, 100], true),
+            (vec![size, size, size], true),
+            (vec![size, 3000, 100], false),
+            (vec![5000, 5000, 7], false),
+            (vec![size], true),
+        ] {
+            let mut whole = Vec::new();
+            let mut parts = Vec::new();
+            for (i, &len) in sizes.iter().enumerate() {
+                let data: Vec<u8> = (0..len).map(|b| (b as u8) ^ (i as u8 * 17)).collect();
+                let path = dir.join(format!("p{i}"));
+                std::fs::write(&path, &data).unwrap();
+                let subtree = tree_hash::part_hasher(i as i32 + 1, len).map(|(offset, mut h)| {
+                    h.update(&data);
+                    (offset, tree_hash::subtree_value(&h))
+                });
+                parts.push(Part {
+                    tmp: path,
+                    size: len,
+                    md5: [0; 16],
+                    hash: *blake3::hash(&data).as_bytes(),
+                    subtree,
+                    head: data[..data.len().min(16)].to_vec(),
+                    last_modified: SystemTime::UNIX_EPOCH,
+                });
+                whole.extend_from_slice(&data);
+            }
+            let refs: Vec<&Part> = parts.iter().collect();
+            let listed: Vec<(i32, String)> = (1..=parts.len() as i32)
+                .map(|n| (n, String::new()))
+                .collect();
+            let plan = Plan::of(&refs, &listed);
+            assert_eq!(!matches!(plan.hashing, Hashing::Copying), fast, "{sizes:?}");
+            let out = dir.join("out");
+            let _ = std::fs::remove_file(&out);
+            let (hash, total, _) = plan.assemble(&out).unwrap();
+            assert_eq!(std::fs::read(&out).unwrap(), whole);
+            assert_eq!(total as usize, whole.len());
+            assert_eq!(&hash, blake3::hash(&whole).as_bytes(), "{sizes:?}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -25,6 +25,19 @@ pub struct Received {
     pub md5: [u8; 16],
     /// The checksums computed (those the client declared), base64 as S3 writes them.
     pub checksums: Checksum,
+    /// The body's chaining value as a subtree at the offset asked for (multipart parts).
+    pub subtree: Option<(u64, blake3::hazmat::ChainingValue)>,
+    /// The first bytes, when asked for (the sniff of a multipart object reads part 1's).
+    pub head: Vec<u8>,
+}
+
+/// What [`receive`] computes beside the ingest path's BLAKE3.
+#[derive(Default)]
+pub struct Extra {
+    /// A second hasher, told its input offset (see `s3::tree_hash`).
+    pub subtree: Option<(u64, blake3::Hasher)>,
+    /// Keep this many first bytes.
+    pub head_bytes: usize,
 }
 
 /// What the client declared about the body.
@@ -83,6 +96,8 @@ struct BlobSource {
     body: StreamingBlob,
     md5: Md5,
     checksums: ChecksumHasher,
+    extra: Extra,
+    head: Vec<u8>,
     idle: std::time::Duration,
     seen_bytes: u64,
     limit_bytes: u64,
@@ -113,6 +128,13 @@ impl ChunkSource for BlobSource {
                     }
                     self.md5.update(&chunk);
                     self.checksums.update(&chunk);
+                    if let Some((_, hasher)) = &mut self.extra.subtree {
+                        hasher.update(&chunk);
+                    }
+                    if self.head.len() < self.extra.head_bytes {
+                        let take = (self.extra.head_bytes - self.head.len()).min(chunk.len());
+                        self.head.extend_from_slice(&chunk[..take]);
+                    }
                     return Ok(Some(chunk));
                 }
             }
@@ -136,22 +158,39 @@ pub fn s3_error_of(e: ApiError) -> S3Error {
     error
 }
 
-/// Receives `body` (on the core), then checks the declared digests. On error nothing is
+/// A request body to receive, and what the request says of it.
+pub struct Incoming<'a> {
+    pub body: Option<StreamingBlob>,
+    /// The name sniffing reads an extension from (the key's last segment).
+    pub name: &'a str,
+    pub content_type: Option<String>,
+    pub declared: &'a Declared,
+    pub trailers: Option<&'a TrailingHeaders>,
+    pub extra: Extra,
+}
+
+/// Receives a body (on the core), then checks the declared digests. On error nothing is
 /// kept: the tmp file, if any, is left to `tmp_files`.
 pub async fn receive(
     ctx: &IngestContext,
-    body: Option<StreamingBlob>,
-    name: &str,
-    content_type: Option<String>,
-    declared: &Declared,
-    trailers: Option<&TrailingHeaders>,
+    incoming: Incoming<'_>,
     tmp_files: &mut TmpFiles,
 ) -> S3Result<Received> {
+    let Incoming {
+        body,
+        name,
+        content_type,
+        declared,
+        trailers,
+        extra,
+    } = incoming;
     let body = body.unwrap_or_else(|| StreamingBlob::from(s3s::Body::empty()));
     let mut source = BlobSource {
         body,
         md5: Md5::new(),
         checksums: declared.hasher(),
+        extra,
+        head: Vec::new(),
         idle: ctx.limits.body_idle_timeout,
         seen_bytes: 0,
         limit_bytes: ctx.limits.upload_size_bytes_max,
@@ -162,6 +201,12 @@ pub async fn receive(
     wait_written(std::slice::from_mut(&mut file))
         .await
         .map_err(s3_error_of)?;
+    let subtree = source
+        .extra
+        .subtree
+        .as_ref()
+        .map(|(offset, hasher)| (*offset, super::tree_hash::subtree_value(hasher)));
+    let head = std::mem::take(&mut source.head);
     let md5 = source.md5.finalize();
     let checksums = source.checksums.finalize();
     check_md5(declared.content_md5.as_deref(), &md5)?;
@@ -174,6 +219,8 @@ pub async fn receive(
         file,
         md5,
         checksums,
+        subtree,
+        head,
     })
 }
 
