@@ -8,19 +8,29 @@
 //! task on the serving core ([`on_core`]) and answers over a oneshot; bodies cross back as
 //! `Send` streams fed by that task.
 //!
-//! What exists in this version: the bucket `media`, read-only — every file stored
-//! through the native API under its path without the leading `storage/`
-//! (`images/jpg/<hash12>_photo.jpg`), so that `aws s3 sync`/`rclone sync` back the whole
-//! store up. ListBuckets, HeadBucket, GetBucketLocation, ListObjects (v1, v2: prefix,
-//! delimiter, max-keys, marker / start-after / continuation token, `encoding-type=url`),
-//! HeadObject and GetObject (Range, If-Match, If-None-Match, If-Modified-Since,
-//! If-Unmodified-Since) on it; writes into it are AccessDenied. Other buckets do not
-//! exist yet (NoSuchBucket; CreateBucket is NotImplemented).
+//! Buckets:
+//! - `media`, read-only: every file stored through the native API under its path without
+//!   the leading `storage/` (`images/jpg/<hash12>_photo.jpg`), so that `aws s3 sync` /
+//!   `rclone sync` back the whole store up. Writes into it are AccessDenied. Its ETag is
+//!   `"<first 32 hex digits of the BLAKE3>-1"`: the native store keeps no MD5, and the
+//!   `-1` form (S3's multipart form) keeps clients that compare an ETag with a local MD5
+//!   (rclone, aws-cli) from taking it for one.
+//! - user buckets (CreateBucket, DeleteBucket when empty): keys → objects kept by the
+//!   store's metadata side ([`crate::store::objects`], journal lines `bucket`, `object`,
+//!   ...), content by BLAKE3 in `storage/.objects/` shared with native files and with other
+//!   keys ([`crate::store::object_protocol`]). ETag = MD5 of the bytes (`<md5 of the part
+//!   MD5s>-N` for multipart), Content-Type and `x-amz-meta-*` kept as sent.
 //!
-//! The ETag of a `media` object is `"<first 32 hex digits of its BLAKE3>-1"`: the native
-//! store keeps no MD5, and the `-1` form is what S3 uses for multipart objects, so that
-//! clients that compare an ETag with a local MD5 (rclone, aws-cli) do not take it for
-//! one. `x-rhinobox-hash` carries the full BLAKE3 hash.
+//! Operations: ListBuckets, CreateBucket, HeadBucket, GetBucketLocation, DeleteBucket,
+//! PutObject (`If-None-Match: *`; Content-MD5 and `x-amz-checksum-*`, in a header or an
+//! `aws-chunked` trailer, verified: [`receive`]), GetObject and HeadObject (Range,
+//! If-Match, If-None-Match, If-(Un)Modified-Since), CopyObject (metadata COPY or REPLACE;
+//! from `media` too), DeleteObject, DeleteObjects, ListObjects v1/v2 (prefix, delimiter,
+//! max-keys, marker / start-after / continuation token, `encoding-type=url`), multipart
+//! upload ([`multipart`]: Create, UploadPart, Complete, Abort, ListParts,
+//! ListMultipartUploads). `x-rhinobox-hash` carries the full BLAKE3 on HEAD, GET, PUT and
+//! Complete. Every body goes through the native ingest path (job slots, memory budget,
+//! idle timeout, size limit), so S3 uploads are bounded like native ones.
 
 pub mod listing;
 pub mod multipart;

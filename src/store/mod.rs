@@ -1,11 +1,14 @@
 //! The store: on-disk layout, dedup index, journal, durability and the io engines, and
-//! the only module that changes them ([`protocol`]: put and delete).
+//! the only module that changes them ([`protocol`]: put and delete; [`object_protocol`]:
+//! the same for S3 buckets and objects).
 //!
 //! ```text
 //! <data>/storage/<media_type>/<subtype>/[<category>/]<hash12>_<name>.<ext>
 //!                               (a longer hash prefix when the name was taken)
 //! <data>/storage/.tmp/          files being received; emptied at start
-//! <data>/metadata/journal.ndjson append-only log: put, delete and place-intent lines
+//! <data>/storage/.objects/<hh>/<hash>  S3 object content, one file per BLAKE3
+//! <data>/metadata/journal.ndjson append-only log: put, delete and place-intent lines;
+//!                               bucket, object, object_delete and blob intents (S3)
 //! <data>/metadata/journal.synced the last completed sync point (torn tail vs damage)
 //! <data>/metadata/journal-tail-<secs>.torn  bytes cut from a torn tail, kept
 //! <data>/.lock                  flock held by the one daemon that owns this data dir

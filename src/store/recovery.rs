@@ -150,7 +150,6 @@ pub fn recover(
         walk_for_strays(&storage, index, &mut report, &mut repairs)
             .and_then(|()| {
                 walk_objects(
-                    layout.storage_root,
                     &storage,
                     objects,
                     &mut report,
@@ -402,7 +401,6 @@ fn forget_objects_of(objects: &Objects, hash: &[u8; 32], lines: &mut Vec<u8>) ->
 /// Durability `none`, unclean stop: the `.objects/` part of the walk. A blob no key names
 /// is removed; a key whose blob is missing or not of its size is deleted.
 fn walk_objects(
-    root: &File,
     storage: &Path,
     objects: &Objects,
     report: &mut OpenReport,
@@ -439,7 +437,6 @@ fn walk_objects(
             }
         }
     }
-    let _ = root;
     for hash in expected.keys() {
         if !present.contains(hash) {
             report.records_lost += forget_objects_of(objects, hash, lines);
