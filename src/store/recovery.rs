@@ -148,14 +148,7 @@ pub fn recover(
     if durability == Durability::None && unclean {
         let storage = layout.data_dir.join("storage");
         walk_for_strays(&storage, index, &mut report, &mut repairs)
-            .and_then(|()| {
-                walk_objects(
-                    &storage,
-                    objects,
-                    &mut report,
-                    &mut repairs,
-                )
-            })
+            .and_then(|()| walk_objects(&storage, objects, &mut report, &mut repairs))
             .map_err(|e| OpenError(format!("cannot look for stray files: {e}")))?;
     }
     if !repairs.is_empty() {
