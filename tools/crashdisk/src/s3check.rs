@@ -261,3 +261,109 @@ pub fn ledger_note(
     }
     format!(" [s3: {} under {}]", content.describe(), keys.join(", "))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OLD: Content = Content::Own(1);
+    const NEW: Content = Content::Native(7);
+
+    fn ledger() -> S3Ledger {
+        let mut s3 = S3Ledger::new();
+        s3.hashes.insert(OLD, [1; 32]);
+        s3.hashes.insert(NEW, [2; 32]);
+        s3
+    }
+
+    fn key(acked: Option<Content>, maybe: Option<Option<Content>>) -> KeyState {
+        KeyState {
+            acked,
+            maybe,
+            history: vec![OLD, NEW],
+            ..KeyState::default()
+        }
+    }
+
+    /// The verdict and the findings of one key found in `found`.
+    fn verdict(
+        key: &KeyState,
+        found: Found,
+        strict: bool,
+    ) -> (Option<Option<Content>>, S3Findings) {
+        let mut f = S3Findings::default();
+        let held = judge(&ledger(), key, "d0/k0.obj", &found, strict, &mut f);
+        (held, f)
+    }
+
+    /// An acknowledged put must be served; its loss is a violation under `batch` only.
+    #[test]
+    fn acknowledged_put_is_served_or_lost() {
+        let k = key(Some(NEW), None);
+        let (held, f) = verdict(&k, Found::Bytes([2; 32], 9), true);
+        assert_eq!(
+            (held, f.acked_present, f.violations.len()),
+            (Some(Some(NEW)), 1, 0)
+        );
+        let (held, f) = verdict(&k, Found::Absent, true);
+        assert_eq!(held, Some(None));
+        assert!(
+            f.violations[0].contains("acknowledged put LOST"),
+            "{:?}",
+            f.violations
+        );
+        let (_, f) = verdict(&k, Found::Absent, false);
+        assert_eq!((f.lost_allowed, f.violations.len()), (1, 0));
+    }
+
+    /// A key overwritten by a request in flight at the cut holds the old or the new object,
+    /// never nothing and never other bytes.
+    #[test]
+    fn in_flight_overwrite_is_old_or_new() {
+        let k = key(Some(OLD), Some(Some(NEW)));
+        let (held, f) = verdict(&k, Found::Bytes([1; 32], 9), true);
+        assert_eq!((held, f.in_flight_not_landed), (Some(Some(OLD)), 1));
+        let (held, f) = verdict(&k, Found::Bytes([2; 32], 9), true);
+        assert_eq!((held, f.in_flight_landed), (Some(Some(NEW)), 1));
+        let (_, f) = verdict(&k, Found::Absent, true);
+        assert_eq!(f.violations.len(), 1);
+        for strict in [true, false] {
+            let (held, f) = verdict(&k, Found::Bytes([3; 32], 9), strict);
+            assert_eq!(held, None);
+            assert!(
+                f.violations[0].contains("WRONG bytes"),
+                "{:?}",
+                f.violations
+            );
+        }
+    }
+
+    /// An acknowledged delete is 404; the object back is a violation under `batch`.
+    #[test]
+    fn acknowledged_delete_stays_gone() {
+        let mut k = key(None, None);
+        k.acked_delete = true;
+        let (held, f) = verdict(&k, Found::Absent, true);
+        assert_eq!((held, f.acked_deletes_gone), (Some(None), 1));
+        let (_, f) = verdict(&k, Found::Bytes([2; 32], 9), true);
+        assert!(
+            f.violations[0].contains("still served"),
+            "{:?}",
+            f.violations
+        );
+        let (held, f) = verdict(&k, Found::Bytes([2; 32], 9), false);
+        assert_eq!((held, f.returned_allowed), (Some(Some(NEW)), 1));
+    }
+
+    /// A first put in flight: the key is absent or holds it; an error is a violation.
+    #[test]
+    fn in_flight_first_put_is_all_or_nothing() {
+        let k = key(None, Some(Some(NEW)));
+        let (held, f) = verdict(&k, Found::Absent, true);
+        assert_eq!((held, f.in_flight_not_landed), (Some(None), 1));
+        let (held, f) = verdict(&k, Found::Bytes([2; 32], 9), true);
+        assert_eq!((held, f.in_flight_landed), (Some(Some(NEW)), 1));
+        let (held, f) = verdict(&k, Found::Error("HTTP 500".into()), true);
+        assert_eq!((held, f.violations.len()), (None, 1));
+    }
+}

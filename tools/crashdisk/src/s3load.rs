@@ -112,7 +112,7 @@ pub struct KeyState {
     pub history: Vec<Content>,
     /// Found with wrong bytes or unreadable: no longer used, no longer checked.
     pub retired: bool,
-    busy: bool,
+    pub(crate) busy: bool,
 }
 
 impl KeyState {
