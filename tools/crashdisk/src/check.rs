@@ -11,8 +11,11 @@
 //! - strays (files under `storage/` that no served record names) and `.tmp` leftovers are
 //!   counted; they fail only with `--strays-fail` (run-ci.sh sets it: the store logs
 //!   place intents, so none may survive a start);
+//! - the S3 keys hold what was acknowledged, or what a request in flight at the cut would
+//!   have left (`s3check.rs`); their blobs count as served for the stray count;
 //! - once the daemon is stopped, `rhinobox verify` on the data dir exits 0 (every record's
-//!   file there with its hash, no stray, no damaged journal line): [`verify`].
+//!   file there with its hash, every S3 key's blob under `storage/.objects/`, no stray, no
+//!   damaged journal line): [`verify`].
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -21,7 +24,8 @@ use std::time::Duration;
 
 use crate::daemon;
 use crate::http;
-use crate::load::Ledger;
+use crate::load::{Addrs, Ledger};
+use crate::s3check::{self, S3Findings};
 
 #[derive(Default, Debug)]
 pub struct Findings {
@@ -38,6 +42,8 @@ pub struct Findings {
     pub strays: usize,
     pub stray_examples: Vec<String>,
     pub tmp_leftovers: usize,
+    /// The S3 keys (their violations are in `violations` too).
+    pub s3: S3Findings,
 }
 
 enum Served {
@@ -70,8 +76,10 @@ fn download(addr: SocketAddr, ledger: &Ledger, index: usize) -> Served {
     }
 }
 
-/// Checks every item ever sent. `strict`: durability `batch` (a 200 is a promise).
-pub fn check(ledger: &Ledger, addr: SocketAddr, data_dir: &Path, strict: bool) -> Findings {
+/// Checks every item and S3 key ever sent. `strict`: durability `batch` (a 200 is a
+/// promise).
+pub fn check(ledger: &Ledger, addrs: Addrs, data_dir: &Path, strict: bool) -> Findings {
+    let addr = addrs.native;
     let mut f = Findings {
         present: vec![false; ledger.items.len()],
         ..Findings::default()
@@ -134,6 +142,8 @@ pub fn check(ledger: &Ledger, addr: SocketAddr, data_dir: &Path, strict: bool) -
             }
         }
     }
+    f.s3 = s3check::check(ledger, addrs.s3, strict);
+    f.violations.extend(f.s3.violations.iter().cloned());
     count_strays(ledger, data_dir, &mut f);
     f
 }
@@ -186,6 +196,11 @@ fn count_strays(ledger: &Ledger, data_dir: &Path, f: &mut Findings) {
             by_prefix.insert(ledger.hex(index)[..12].to_string(), index);
         }
     }
+    // S3 blobs are named by their whole hash (`storage/.objects/<hh>/<hash>`).
+    for hash in &f.s3.present_hashes {
+        let hex = blake3::Hash::from_bytes(*hash).to_hex();
+        by_prefix.insert(hex[..12].to_string(), usize::MAX);
+    }
     let storage = data_dir.join("storage");
     let mut files = Vec::new();
     walk(&storage, &mut files, 0);
@@ -221,7 +236,8 @@ pub struct Verified {
 /// Runs `BINARY verify --data-dir DATA_DIR` (the daemon stopped) and judges it: exit 0 is
 /// clean; exit 1 is a violation quoting its first finding lines (`tmp` and `note:` lines
 /// are informative, not findings) and its summary, each with what the ledger says of the
-/// item its path names (`present`: served right by the checks just before); exit 2 (could
+/// item or S3 content its path names (`present`, `s3`: what the checks just before found);
+/// exit 2 (could
 /// not run), a signal or the time limit is a violation quoting stderr. `scratch` names its
 /// output files.
 pub fn verify(
@@ -230,6 +246,7 @@ pub fn verify(
     scratch: &Path,
     ledger: &Ledger,
     present: &[bool],
+    s3: &S3Findings,
 ) -> Verified {
     let run = match daemon::verify(binary, data_dir, scratch, VERIFY_LIMIT) {
         Ok(run) => run,
@@ -261,7 +278,7 @@ pub fn verify(
             for line in findings.iter().take(VERIFY_LINES_SHOWN) {
                 text.push_str("\n      ");
                 text.push_str(line);
-                text.push_str(&ledger_note(line, ledger, present));
+                text.push_str(&ledger_note(line, ledger, present, s3));
             }
             if findings.len() > VERIFY_LINES_SHOWN {
                 text.push_str(&format!(
@@ -287,11 +304,14 @@ pub fn verify(
 
 /// ` [item N: put acked, delete acked, served before the stop: no]` for a finding line
 /// whose path is a stored name the load made (`<hash12>_f<N>_<copy>.<ext>`); empty if not.
-fn ledger_note(line: &str, ledger: &Ledger, present: &[bool]) -> String {
+fn ledger_note(line: &str, ledger: &Ledger, present: &[bool], s3: &S3Findings) -> String {
     let Some(path) = line.split_whitespace().nth(1) else {
         return String::new();
     };
     let file = path.rsplit('/').next().unwrap_or(path);
+    if path.contains(".objects/") {
+        return s3check::ledger_note(file, ledger, &s3.observed);
+    }
     let mut parts = file.split('_');
     let (Some(hash12), Some(item)) = (parts.next(), parts.next()) else {
         return String::new();

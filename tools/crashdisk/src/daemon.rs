@@ -1,4 +1,5 @@
-//! Starting the rhinobox daemon under test and waiting until it listens.
+//! Starting the rhinobox daemon under test and waiting until it listens (and, with the
+//! S3 load, until its S3 API listens too, on a port of its own).
 
 use std::fs::File;
 use std::io::Read;
@@ -17,18 +18,33 @@ pub struct Spec {
     pub binary: PathBuf,
     pub engine: String,
     pub durability: String,
+    /// Start the S3 API (`--s3-addr`, the harness's key pair).
+    pub s3: bool,
 }
 
 pub struct Running {
     pub addr: SocketAddr,
+    pub s3_addr: Option<SocketAddr>,
     /// Where the child sits in the cleanup stack.
     pub slot: usize,
     pub log: PathBuf,
 }
 
-fn free_port() -> Result<u16> {
-    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind: {e}"))?;
-    Ok(listener.local_addr().map_err(|e| e.to_string())?.port())
+impl Running {
+    pub fn addrs(&self) -> crate::load::Addrs {
+        crate::load::Addrs {
+            native: self.addr,
+            s3: self.s3_addr,
+        }
+    }
+}
+
+/// Two free loopback ports (both held while the second is chosen, so they differ).
+fn free_ports() -> Result<(SocketAddr, SocketAddr)> {
+    let bind = || TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind: {e}"));
+    let (a, b) = (bind()?, bind()?);
+    let addr = |l: &TcpListener| l.local_addr().map_err(|e| e.to_string());
+    Ok((addr(&a)?, addr(&b)?))
 }
 
 pub fn read_log(log: &Path) -> String {
@@ -42,8 +58,7 @@ pub fn read_log(log: &Path) -> String {
 /// Starts the daemon on `data_dir`, logging to `log`; fails with the log when it exits or
 /// does not listen within `READY_LIMIT`.
 pub fn start(spec: &Spec, data_dir: &Path, log: &Path, cleanup: &mut Cleanup) -> Result<Running> {
-    let port = free_port()?;
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("valid address");
+    let (addr, s3_addr) = free_ports()?;
     let out = File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
     let err = out.try_clone().map_err(|e| e.to_string())?;
     let mut command = Command::new(&spec.binary);
@@ -53,7 +68,7 @@ pub fn start(spec: &Spec, data_dir: &Path, log: &Path, cleanup: &mut Cleanup) ->
             command.env_remove(key);
         }
     }
-    let child = command
+    command
         .arg("--data-dir")
         .arg(data_dir)
         .arg("--addr")
@@ -61,7 +76,17 @@ pub fn start(spec: &Spec, data_dir: &Path, log: &Path, cleanup: &mut Cleanup) ->
         .arg("--durability")
         .arg(&spec.durability)
         .arg("--io-engine")
-        .arg(&spec.engine)
+        .arg(&spec.engine);
+    if spec.s3 {
+        command
+            .arg("--s3-addr")
+            .arg(s3_addr.to_string())
+            .arg("--s3-access-key")
+            .arg(crate::s3::ACCESS_KEY)
+            .arg("--s3-secret-key")
+            .arg(crate::s3::SECRET_KEY);
+    }
+    let child = command
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err)
@@ -70,7 +95,10 @@ pub fn start(spec: &Spec, data_dir: &Path, log: &Path, cleanup: &mut Cleanup) ->
     let slot = cleanup.spawned(child);
     let mut exited = None;
     let ready = sys::wait_for("the daemon to listen", READY_LIMIT, || {
-        if read_log(log).contains("rhinobox: listening on") {
+        let text = read_log(log);
+        if text.contains("rhinobox: listening on")
+            && (!spec.s3 || text.contains("rhinobox: S3 API listening on"))
+        {
             return true;
         }
         if let Some(child) = cleanup.child(slot)
@@ -90,6 +118,7 @@ pub fn start(spec: &Spec, data_dir: &Path, log: &Path, cleanup: &mut Cleanup) ->
     ready.map_err(|e| format!("{e}; log:\n{}", tail(&read_log(log), 2000)))?;
     Ok(Running {
         addr,
+        s3_addr: spec.s3.then_some(s3_addr),
         slot,
         log: log.to_path_buf(),
     })

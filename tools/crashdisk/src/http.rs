@@ -1,6 +1,7 @@
 //! A minimal HTTP/1.1 client over std's TcpStream (one request per connection,
 //! `Connection: close`), with time limits on connect, read and write. Enough for the
-//! daemon's upload, delete and download endpoints; no dependency.
+//! daemon's upload, delete and download endpoints and for signed S3 requests; no
+//! dependency.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -14,7 +15,19 @@ const REPLY_BYTES_MAX: usize = 64 << 20;
 
 pub struct Reply {
     pub status: u16,
+    /// (name, value) as received; see [`Reply::header`].
+    pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+}
+
+impl Reply {
+    /// The first header of that name (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 pub fn request(
@@ -22,6 +35,21 @@ pub fn request(
     method: &str,
     target: &str,
     content_type: Option<&str>,
+    body: &[u8],
+) -> std::io::Result<Reply> {
+    let content_type: Vec<(&str, &str)> = content_type
+        .map(|ct| ("Content-Type", ct))
+        .into_iter()
+        .collect();
+    request_with(addr, method, target, &content_type, body)
+}
+
+/// A request with extra headers (`Host`, `Connection` and `Content-Length` are set here).
+pub fn request_with(
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
     body: &[u8],
 ) -> std::io::Result<Reply> {
     let mut stream = TcpStream::connect_timeout(&addr, CONNECT_LIMIT)?;
@@ -33,8 +61,8 @@ pub fn request(
          Content-Length: {}\r\n",
         body.len()
     );
-    if let Some(ct) = content_type {
-        head.push_str(&format!("Content-Type: {ct}\r\n"));
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
     }
     head.push_str("\r\n");
     stream.write_all(head.as_bytes())?;
@@ -43,14 +71,15 @@ pub fn request(
     stream
         .take(REPLY_BYTES_MAX as u64 + 65536)
         .read_to_end(&mut raw)?;
-    parse(&raw)
+    parse(&raw, method == "HEAD")
 }
 
 fn bad(what: &str) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string())
 }
 
-fn parse(raw: &[u8]) -> std::io::Result<Reply> {
+/// `is_head`: the reply to a HEAD, whose Content-Length announces a body that is not sent.
+fn parse(raw: &[u8], is_head: bool) -> std::io::Result<Reply> {
     let end = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
@@ -65,11 +94,13 @@ fn parse(raw: &[u8]) -> std::io::Result<Reply> {
         .ok_or_else(|| bad("bad status line"))?;
     let mut length = None;
     let mut chunked = false;
+    let mut headers = Vec::new();
     for line in lines {
         let Some((name, value)) = line.split_once(':') else {
             continue;
         };
         let value = value.trim();
+        headers.push((name.to_string(), value.to_string()));
         if name.eq_ignore_ascii_case("content-length") {
             length = value.parse::<usize>().ok();
         } else if name.eq_ignore_ascii_case("transfer-encoding") && value.contains("chunked") {
@@ -77,7 +108,9 @@ fn parse(raw: &[u8]) -> std::io::Result<Reply> {
         }
     }
     let rest = &raw[end + 4..];
-    let body = if chunked {
+    let body = if is_head {
+        Vec::new()
+    } else if chunked {
         dechunk(rest)?
     } else if let Some(n) = length {
         if rest.len() < n {
@@ -87,7 +120,11 @@ fn parse(raw: &[u8]) -> std::io::Result<Reply> {
     } else {
         rest.to_vec()
     };
-    Ok(Reply { status, body })
+    Ok(Reply {
+        status,
+        headers,
+        body,
+    })
 }
 
 fn dechunk(mut rest: &[u8]) -> std::io::Result<Vec<u8>> {

@@ -8,6 +8,9 @@
 //!
 //! The crash (power cut or kill -9) happens with the ledger locked, so every reply recorded
 //! as acknowledged was read before the crash.
+//!
+//! A share of the client threads speaks S3 instead (`s3load.rs`, its ledger in
+//! [`Ledger::s3`], under the same lock).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -15,6 +18,7 @@ use std::time::Duration;
 
 use crate::http;
 use crate::rng::Rng;
+use crate::s3load::{self, S3Ledger};
 
 /// The file size classes: small, medium, multi-MiB; 0 B is one item (all empty files are
 /// one content).
@@ -96,6 +100,8 @@ pub struct Ledger {
     /// Set with the crash: replies after it are not recorded.
     pub crashed: bool,
     pub stats: Stats,
+    /// The S3 keys and what they must hold.
+    pub s3: S3Ledger,
 }
 
 impl Ledger {
@@ -134,6 +140,7 @@ impl Ledger {
             stored: Vec::new(),
             crashed: false,
             stats: Stats::default(),
+            s3: S3Ledger::new(),
         }
     }
 
@@ -150,6 +157,25 @@ impl Ledger {
 
     pub fn name(&self, index: usize, copy: u32) -> String {
         format!("f{index}_{copy}.{}", self.items[index].kind.extension())
+    }
+
+    /// A native item acknowledged and not deleted (maybe being deleted right now), for an
+    /// S3 put of the same bytes.
+    pub fn sample_stored(&self, rng: &mut Rng) -> Option<usize> {
+        if self.stored.is_empty() {
+            return None;
+        }
+        Some(self.stored[rng.below(self.stored.len() as u64) as usize])
+    }
+
+    /// One of the next few items the native workers will upload, for an S3 put that stores
+    /// its bytes first (the native upload then meets an S3 blob of its content).
+    pub fn sample_upcoming(&self, rng: &mut Rng) -> Option<usize> {
+        let next = self.fresh.len().min(8);
+        if next == 0 {
+            return None;
+        }
+        Some(self.fresh[self.fresh.len() - 1 - rng.below(next as u64) as usize])
     }
 
     fn take_fresh(&mut self) -> Option<usize> {
@@ -350,17 +376,34 @@ fn record(ledger: &mut Ledger, op: &Op, status: Option<u16>) {
     }
 }
 
-/// Runs `workers` client threads until the ledger says crashed (or the bound is hit).
+/// Where the daemon listens: the native API and, when started with it, the S3 API.
+#[derive(Clone, Copy)]
+pub struct Addrs {
+    pub native: SocketAddr,
+    pub s3: Option<SocketAddr>,
+}
+
+/// Runs `workers` client threads until the ledger says crashed (or the bound is hit);
+/// `s3_workers` of them (a seeded choice of indices) speak S3, when the daemon has it.
 pub fn start_workers(
     ledger: Arc<Mutex<Ledger>>,
-    addr: SocketAddr,
+    addrs: Addrs,
     seed: u64,
     workers: usize,
+    s3_workers: usize,
 ) -> Vec<std::thread::JoinHandle<()>> {
+    let first_s3 = Rng::new(seed ^ 0x53).below(workers.max(1) as u64) as usize;
     (0..workers)
         .map(|w| {
             let ledger = ledger.clone();
-            std::thread::spawn(move || worker(ledger, addr, seed ^ ((w as u64 + 1) << 48)))
+            let seed = seed ^ ((w as u64 + 1) << 48);
+            let s3 = (w + workers - first_s3) % workers < s3_workers;
+            match addrs.s3 {
+                Some(addr) if s3 => {
+                    s3load::start_worker(ledger, crate::s3::Client::new(addr), seed)
+                }
+                _ => std::thread::spawn(move || worker(ledger, addrs.native, seed)),
+            }
         })
         .collect()
 }

@@ -5,12 +5,14 @@
 //! - `disk`     the FUSE server: one image behind a write cache that FSYNC empties and a
 //!   power cut forgets (`crashdisk serve`)
 //! - `load`     contents from a seed, the client workers, the ledger of acknowledgements
+//! - `s3load`   the S3 share of the load (PutObject, DeleteObject, multipart) and its ledger
 //! - `adversary` early writeback of the journal at seeded moments (a legal kernel schedule)
-//! - `check`    the invariants after a restart
+//! - `check`    the invariants after a restart; `s3check` those of the S3 keys
 //! - `scenario` power-loss crash states and the kill -9 loop
 //! - `probe`    counts what reaches the disk per daemon operation and per syscall
-//! - `daemon`, `http`, `sys`, `rng`  the daemon process, an HTTP client, commands with
-//!   time limits and the cleanup stack, a seeded PRNG
+//! - `daemon`, `http`, `s3`, `sigv4`, `sys`, `rng`  the daemon process, an HTTP client,
+//!   an S3 client and its SigV4 signer, commands with time limits and the cleanup stack, a
+//!   seeded PRNG
 
 mod adversary;
 mod check;
@@ -20,7 +22,11 @@ mod http;
 mod load;
 mod probe;
 mod rng;
+mod s3;
+mod s3check;
+mod s3load;
 mod scenario;
+mod sigv4;
 mod sys;
 
 use std::path::PathBuf;
@@ -36,6 +42,8 @@ const USAGE: &str = "usage:
   crashdisk ci        --daemon BIN [--long] [--states N] [--iterations N] [--seed S] [COMMON]
 COMMON: [--engine uring|threads|both] [--durability batch|none] [--work DIR]
         [--strays-fail] [--verbose] [--workers N (default 4)]
+        [--s3-workers N (default: a quarter of the workers, at least 1 of 2 or more;
+         0 = no S3 API and no S3 load)]
         [--disk-latency-us WRITE,FLUSH (default 0,0)]
         [--early-writeback never|half|always (default half: journal fdatasync at seeded
          moments in half the crash states, a legal kernel writeback order)]
@@ -103,6 +111,16 @@ impl Args {
         if durability != "batch" && durability != "none" {
             return Err(format!("--durability: {durability:?}"));
         }
+        let workers = self
+            .number("workers", load::WORKERS_DEFAULT as u64)?
+            .clamp(1, 64) as usize;
+        let s3_workers_default = match workers {
+            1 => 0,
+            n => (n / 4).max(1),
+        };
+        let s3_workers = self
+            .number("s3-workers", s3_workers_default as u64)?
+            .min(workers as u64) as usize;
         let work = PathBuf::from(self.value("work").unwrap_or("/tmp/crashdisk-work"));
         std::fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
         Ok(Options {
@@ -113,6 +131,7 @@ impl Args {
                     binary: binary.clone(),
                     engine: e.to_string(),
                     durability: durability.clone(),
+                    s3: s3_workers > 0,
                 })
                 .collect(),
             strays_fail: self.has("strays-fail"),
@@ -131,9 +150,8 @@ impl Args {
                 "always" => scenario::Adversarial::Always,
                 v => return Err(format!("--early-writeback never|half|always: {v:?}")),
             },
-            workers: self
-                .number("workers", load::WORKERS_DEFAULT as u64)?
-                .clamp(1, 64) as usize,
+            workers,
+            s3_workers,
             verbose: self.has("verbose"),
         })
     }

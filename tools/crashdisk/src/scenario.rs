@@ -24,6 +24,7 @@ use crate::daemon::{self, Spec};
 use crate::load::{self, Ledger};
 use crate::rng::Rng;
 use crate::sys::{self, Cleanup, Result};
+use crate::{s3, s3load};
 
 /// Room for a whole run of the load (a full file system is a different test), and above
 /// mkfs.xfs's 300 MB minimum; sparse on the host.
@@ -113,6 +114,8 @@ pub struct Options {
     pub verbose: bool,
     /// Client threads of the load.
     pub workers: usize,
+    /// How many of them speak S3 (the daemon gets `--s3-addr` when not 0).
+    pub s3_workers: usize,
     /// Early journal writeback (adversary.rs) in which crash states.
     pub adversary: Adversarial,
     /// `--disk-latency-us W,F`: each WRITE / FSYNC of the crash disk takes that long.
@@ -126,6 +129,12 @@ pub struct Summary {
     pub violations: Vec<String>,
     pub acked_checked: usize,
     pub deletes_checked: usize,
+    /// S3 keys: holding their acknowledged object, gone after an acknowledged delete, and
+    /// with a request in flight at the cut found in its new state / its old one.
+    pub s3_acked_present: usize,
+    pub s3_deletes_gone: usize,
+    pub s3_in_flight_landed: usize,
+    pub s3_in_flight_not_landed: usize,
     pub lost_allowed: usize,
     pub returned_allowed: usize,
     pub strays: usize,
@@ -146,7 +155,8 @@ impl Summary {
             "{what}: {} runs, {} violations; acked uploads present {}, acked deletes gone {}, \
              lost/returned allowed (none) {}/{}, strays {}, .tmp leftovers before/after restart \
              {}/{}, torn journal tails {}, fsck failures {}, verify runs/failures {}/{} \
-             ({:.1} s)",
+             ({:.1} s); s3 keys: acked present {}, acked deletes gone {}, in flight at the cut \
+             landed/not {}/{}",
             self.runs,
             self.violations.len(),
             self.acked_checked,
@@ -160,15 +170,23 @@ impl Summary {
             self.fsck_failures,
             self.verify_runs,
             self.verify_failures,
-            self.verify_seconds
+            self.verify_seconds,
+            self.s3_acked_present,
+            self.s3_deletes_gone,
+            self.s3_in_flight_landed,
+            self.s3_in_flight_not_landed
         )
     }
 
     fn add(&mut self, f: &Findings, strays_fail: bool, tag: &str) {
         self.acked_checked += f.acked_present;
         self.deletes_checked += f.acked_deletes_gone;
-        self.lost_allowed += f.lost_allowed;
-        self.returned_allowed += f.returned_allowed;
+        self.lost_allowed += f.lost_allowed + f.s3.lost_allowed;
+        self.returned_allowed += f.returned_allowed + f.s3.returned_allowed;
+        self.s3_acked_present += f.s3.acked_present;
+        self.s3_deletes_gone += f.s3.acked_deletes_gone;
+        self.s3_in_flight_landed += f.s3.in_flight_landed;
+        self.s3_in_flight_not_landed += f.s3.in_flight_not_landed;
         self.strays += f.strays;
         self.tmp_leftovers_after += f.tmp_leftovers;
         for v in &f.violations {
@@ -195,7 +213,7 @@ fn stop_and_verify(
     data_dir: &Path,
     scratch: &Path,
     ledger: &Ledger,
-    present: &[bool],
+    findings: &Findings,
     summary: &mut Summary,
     tag: &str,
 ) -> (String, Option<String>) {
@@ -204,7 +222,14 @@ fn stop_and_verify(
         Some(None) => format!("not stopped {STOP_LIMIT:?} after SIGTERM (killed), "),
         _ => String::new(),
     };
-    let verified = check::verify(binary, data_dir, scratch, ledger, present);
+    let verified = check::verify(
+        binary,
+        data_dir,
+        scratch,
+        ledger,
+        &findings.present,
+        &findings.s3,
+    );
     summary.verify_runs += 1;
     summary.verify_seconds += verified.seconds;
     let verdict = if verified.violation.is_some() {
@@ -220,6 +245,28 @@ fn stop_and_verify(
         format!("{stop}verify {verdict} ({:.2} s)", verified.seconds),
         verified.violation,
     )
+}
+
+/// `s3 keys checked N (acked present, deletes gone, in flight landed/not)` of a check.
+fn s3_words(f: &Findings) -> String {
+    let s3 = &f.s3;
+    format!(
+        "s3 keys checked {} (acked present {}, deletes gone {}, in flight landed/not {}/{})",
+        s3.keys_checked,
+        s3.acked_present,
+        s3.acked_deletes_gone,
+        s3.in_flight_landed,
+        s3.in_flight_not_landed
+    )
+}
+
+/// With the S3 load: the bucket, created before the load and acknowledged (a daemon that
+/// cannot create it is a set-up error, not a crash state).
+fn ensure_bucket(ledger: &Mutex<Ledger>, running: &daemon::Running) -> Result<()> {
+    match running.s3_addr {
+        Some(addr) => s3load::ensure_bucket(ledger, &s3::Client::new(addr)),
+        None => Ok(()),
+    }
 }
 
 fn path_str(p: &Path) -> String {
@@ -394,12 +441,19 @@ fn one_state(
     mkdirs(&data_dir)?;
     let log1 = dir.join("daemon-before.log");
     let running = daemon::start(spec, &data_dir, &log1, &mut cleanup)?;
+    ensure_bucket(&ledger, &running)?;
     let ctl = fuse_dir.join("ctl");
     let arming = cut.starts_with("arm");
     if arming {
         std::fs::write(&ctl, format!("{cut}\n")).map_err(|e| format!("arm: {e}"))?;
     }
-    let workers = load::start_workers(ledger.clone(), running.addr, seed, opts.workers);
+    let workers = load::start_workers(
+        ledger.clone(),
+        running.addrs(),
+        seed,
+        opts.workers,
+        opts.s3_workers,
+    );
     let adversary = adversary_period_us.map(|p| Adversary::start(&data_dir, seed ^ 0xad, p));
     let load_started = Instant::now();
     let stop_at_append = cut
@@ -494,7 +548,7 @@ fn one_state(
     }
     let findings = {
         let l = ledger.lock().unwrap_or_else(|p| p.into_inner());
-        let f = check::check(&l, running.addr, &data_dir, strict);
+        let f = check::check(&l, running.addrs(), &data_dir, strict);
         let s = &l.stats;
         let _ = write!(
             report,
@@ -511,11 +565,24 @@ fn one_state(
             f.strays,
             f.tmp_leftovers
         );
+        if running.s3_addr.is_some() {
+            let s3 = &l.s3.stats;
+            let _ = write!(
+                report,
+                "; s3 acked put {} ({} of native bytes) multipart {} delete {}; {}",
+                s3.puts_acked,
+                s3.native_bytes_acked,
+                s3.multipart_acked,
+                s3.deletes_acked,
+                s3_words(&f)
+            );
+        }
         if !strict {
             let _ = write!(
                 report,
                 ", lost {} returned {} (allowed)",
-                f.lost_allowed, f.returned_allowed
+                f.lost_allowed + f.s3.lost_allowed,
+                f.returned_allowed + f.s3.returned_allowed
             );
         }
         f
@@ -528,7 +595,7 @@ fn one_state(
         &data_dir,
         &dir.join("daemon-after"),
         &ledger.lock().unwrap_or_else(|p| p.into_inner()),
-        &findings.present,
+        &findings,
         summary,
         tag,
     );
@@ -632,8 +699,9 @@ pub fn killloop(opts: &Options, seed: u64, iterations: usize) -> Result<Summary>
         summary.torn_tails += torn as usize;
         // Check what the previous iterations left (the first start has nothing to check).
         let mut l = ledger.lock().unwrap_or_else(|p| p.into_inner());
-        let findings = check::check(&l, running.addr, &data_dir, spec.durability == "batch");
+        let findings = check::check(&l, running.addrs(), &data_dir, spec.durability == "batch");
         l.resume(&findings.present);
+        l.s3.resume(&findings.s3.observed, findings.s3.bucket_present);
         summary.add(&findings, opts.strays_fail, &tag);
         // Verify needs the data dir lock: stop the daemon, verify, start it again for the load.
         let (verify_words, verify_violation) = stop_and_verify(
@@ -643,7 +711,7 @@ pub fn killloop(opts: &Options, seed: u64, iterations: usize) -> Result<Summary>
             &data_dir,
             &dir.join(format!("daemon-{k}")),
             &l,
-            &findings.present,
+            &findings,
             &mut summary,
             &tag,
         );
@@ -663,8 +731,14 @@ pub fn killloop(opts: &Options, seed: u64, iterations: usize) -> Result<Summary>
                 break;
             }
         };
-        let workers =
-            load::start_workers(ledger.clone(), running.addr, rng.next_u64(), opts.workers);
+        ensure_bucket(&ledger, &running)?;
+        let workers = load::start_workers(
+            ledger.clone(),
+            running.addrs(),
+            rng.next_u64(),
+            opts.workers,
+            opts.s3_workers,
+        );
         std::thread::sleep(delay);
         {
             let mut l = ledger.lock().unwrap_or_else(|p| p.into_inner());
@@ -683,11 +757,12 @@ pub fn killloop(opts: &Options, seed: u64, iterations: usize) -> Result<Summary>
         let l = ledger.lock().unwrap_or_else(|p| p.into_inner());
         println!(
             "{tag}: killed after {} ms; checked {} (acked present {}, deletes gone {}), \
-             strays {}, tmp before/after restart {}/{}, torn tail at start {}; {}{}",
+             {}, strays {}, tmp before/after restart {}/{}, torn tail at start {}; {}{}",
             delay.as_millis(),
             findings.checked,
             findings.acked_present,
             findings.acked_deletes_gone,
+            s3_words(&findings),
             findings.strays,
             tmp,
             findings.tmp_leftovers,
@@ -705,7 +780,7 @@ pub fn killloop(opts: &Options, seed: u64, iterations: usize) -> Result<Summary>
         Ok(running) => {
             summary.torn_tails += torn_tail_in(&log) as usize;
             let l = ledger.lock().unwrap_or_else(|p| p.into_inner());
-            let f = check::check(&l, running.addr, &data_dir, spec.durability == "batch");
+            let f = check::check(&l, running.addrs(), &data_dir, spec.durability == "batch");
             summary.add(&f, opts.strays_fail, &tag);
             // Strays accumulate in one data dir: the last count is the total, not the sum.
             summary.strays = f.strays;
@@ -716,7 +791,7 @@ pub fn killloop(opts: &Options, seed: u64, iterations: usize) -> Result<Summary>
                 &data_dir,
                 &dir.join("daemon-final"),
                 &l,
-                &f.present,
+                &f,
                 &mut summary,
                 &tag,
             );
@@ -724,10 +799,12 @@ pub fn killloop(opts: &Options, seed: u64, iterations: usize) -> Result<Summary>
             let mut shown = f.violations.clone();
             shown.extend(verify_violation);
             println!(
-                "{tag}: checked {} (acked present {}, deletes gone {}), strays {}; {words}{}",
+                "{tag}: checked {} (acked present {}, deletes gone {}), {}, strays {}; \
+                 {words}{}",
                 f.checked,
                 f.acked_present,
                 f.acked_deletes_gone,
+                s3_words(&f),
                 f.strays,
                 violation_lines(&shown)
             );
