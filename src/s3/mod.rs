@@ -1355,18 +1355,28 @@ impl S3 for Front {
         req: S3Request<GetObjectInput>,
     ) -> S3Result<S3Response<GetObjectOutput>> {
         let input = req.input;
-        let facts = self.find(&input.bucket, &input.key)?;
-        check_preconditions(
-            input.if_match.as_ref(),
-            input.if_unmodified_since.as_ref(),
-            input.if_none_match.as_ref(),
-            input.if_modified_since.as_ref(),
-            &facts.etag,
-            facts.modified,
-        )?;
-        let relative = facts.relative.clone();
-        let range = input.range;
-        let opened = on_core(move |ctx| open_range(ctx, relative, range)).await?;
+        // An overwrite or delete may remove the content between the lookup and the open:
+        // look again once, so a key that holds an object is never answered NoSuchKey.
+        let mut attempts = 0;
+        let (facts, opened) = loop {
+            attempts += 1;
+            let facts = self.find(&input.bucket, &input.key)?;
+            check_preconditions(
+                input.if_match.as_ref(),
+                input.if_unmodified_since.as_ref(),
+                input.if_none_match.as_ref(),
+                input.if_modified_since.as_ref(),
+                &facts.etag,
+                facts.modified,
+            )?;
+            let relative = facts.relative.clone();
+            let range = input.range;
+            match on_core(move |ctx| open_range(ctx, relative, range)).await {
+                Ok(opened) => break (facts, opened),
+                Err(e) if attempts < 3 && *e.code() == S3ErrorCode::NoSuchKey => continue,
+                Err(e) => return Err(e),
+            }
+        };
         let content_length = opened.body.unsent_bytes() as i64;
         let content_range = opened.range.as_ref().map(|r| {
             format!(
