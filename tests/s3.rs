@@ -6,122 +6,12 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
 
-use common::*;
+use common::s3::*;
 use rhinobox::client::sigv4::{self, Credentials, Signing, UNSIGNED_PAYLOAD};
-use rhinobox::client::{Connection, MediaKind, blake3_hex};
-
-const ACCESS_KEY: &str = "rhinobox-test";
-const SECRET_KEY: &str = "s3-secret-for-tests";
-
-/// A daemon with the S3 API on an ephemeral port; returns it and the S3 address.
-fn start_with_s3() -> (Daemon, SocketAddr) {
-    let daemon = Daemon::builder()
-        .args(&[
-            "--s3-addr",
-            "127.0.0.1:0",
-            "--s3-access-key",
-            ACCESS_KEY,
-            "--s3-secret-key",
-            SECRET_KEY,
-        ])
-        .start();
-    let line = daemon
-        .wait_for_line(Duration::from_secs(10), |l| {
-            l.contains("rhinobox: S3 API listening on ")
-        })
-        .expect("the S3 listener is announced");
-    let addr = line
-        .rsplit(' ')
-        .next()
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("bad S3 line {line:?}"));
-    (daemon, addr)
-}
-
-/// Stores `count` files of mixed kinds (some under a category) through the native API;
-/// returns key (path without `storage/`) → BLAKE3 hex.
-fn store_files(daemon: &Daemon, count: u64) -> BTreeMap<String, String> {
-    let mut expected = BTreeMap::new();
-    let mut seed = 0;
-    while seed < count {
-        let batch: Vec<TestFile> = (seed..count.min(seed + 200))
-            .map(|i| {
-                let kind = MediaKind::ALL[(i as usize) % MediaKind::ALL.len()];
-                TestFile::new(kind, 2000 + i, i)
-            })
-            .collect();
-        seed += batch.len() as u64;
-        for stored in daemon.upload_ok(&batch) {
-            let path = stored["path"].as_str().unwrap();
-            let key = path.strip_prefix("storage/").unwrap().to_string();
-            expected.insert(key, stored["hash"].as_str().unwrap().to_string());
-        }
-    }
-    expected
-}
-
-fn aws_available() -> bool {
-    tool_available(
-        "aws (pip install awscli)",
-        Command::new("aws").arg("--version"),
-    )
-}
-
-fn boto3_available() -> bool {
-    tool_available(
-        "python3 with boto3 (pip install boto3)",
-        Command::new("python3").args(["-c", "import boto3"]),
-    )
-}
-
-/// Runs aws-cli against the S3 address; returns (success, stdout, stderr).
-fn aws(addr: SocketAddr, args: &[&str]) -> (bool, String, String) {
-    let output = Command::new("aws")
-        .args(["--endpoint-url", &format!("http://{addr}")])
-        .args(args)
-        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-        .env("AWS_DEFAULT_REGION", "us-east-1")
-        .env_remove("AWS_PROFILE")
-        .env("AWS_CONFIG_FILE", "/dev/null")
-        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
-        .output()
-        .expect("aws runs");
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
-
-/// Every regular file under `root`, by path relative to it → BLAKE3 hex.
-fn tree_hashes(root: &Path) -> BTreeMap<String, String> {
-    let mut found = BTreeMap::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                let relative = path
-                    .strip_prefix(root)
-                    .unwrap()
-                    .to_str()
-                    .unwrap()
-                    .to_string();
-                found.insert(relative, blake3_hex(&std::fs::read(&path).unwrap()));
-            }
-        }
-    }
-    found
-}
+use rhinobox::client::{Connection, blake3_hex};
 
 /// aws-cli: `s3 ls` shows `media`; a recursive listing names every stored file with its
 /// size; `s3 sync` of the bucket to a local dir (a backup) gives every file with the
@@ -219,41 +109,6 @@ fn boto3_reads_the_media_bucket_and_auth_holds() {
     );
 }
 
-fn rclone_available() -> bool {
-    tool_available(
-        "rclone (apt-get install rclone)",
-        Command::new("rclone").arg("version"),
-    )
-}
-
-fn s3cmd_available() -> bool {
-    tool_available(
-        "s3cmd (apt-get install s3cmd)",
-        Command::new("s3cmd").arg("--version"),
-    )
-}
-
-/// Runs rclone with a remote `rb:` on the S3 address (configured through the
-/// environment, no config file); returns (success, stdout + stderr).
-fn rclone(addr: SocketAddr, args: &[&str]) -> (bool, String) {
-    let output = Command::new("rclone")
-        .args(args)
-        .env("RCLONE_CONFIG", "/dev/null")
-        .env("RCLONE_CONFIG_RB_TYPE", "s3")
-        .env("RCLONE_CONFIG_RB_PROVIDER", "Other")
-        .env("RCLONE_CONFIG_RB_ENDPOINT", format!("http://{addr}"))
-        .env("RCLONE_CONFIG_RB_ACCESS_KEY_ID", ACCESS_KEY)
-        .env("RCLONE_CONFIG_RB_SECRET_ACCESS_KEY", SECRET_KEY)
-        .env("RCLONE_CONFIG_RB_REGION", "us-east-1")
-        // Set on some hosts for the system's CA bundle; rclone refuses a bad one.
-        .env_remove("AWS_CA_BUNDLE")
-        .output()
-        .expect("rclone runs");
-    let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
-    text.push_str(&String::from_utf8_lossy(&output.stderr));
-    (output.status.success(), text)
-}
-
 /// rclone: `sync` of the bucket `media` to a local dir (a backup) gives every stored
 /// file with its bytes (BLAKE3 compared), `check --download` finds no difference, and a
 /// second `sync` transfers nothing; `copyto` into the bucket is refused.
@@ -299,19 +154,7 @@ fn s3cmd_reads_the_media_bucket() {
     }
     let (daemon, addr) = start_with_s3();
     let expected = store_files(&daemon, 10);
-    let host = addr.to_string();
-    let s3cmd = |args: &[&str]| {
-        let output = Command::new("s3cmd")
-            .args(["--config", "/dev/null", "--no-ssl", "--host", &host])
-            .args(["--host-bucket", &host, "--access_key", ACCESS_KEY])
-            .args(["--secret_key", SECRET_KEY, "--region", "us-east-1"])
-            .args(args)
-            .output()
-            .expect("s3cmd runs");
-        let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
-        text.push_str(&String::from_utf8_lossy(&output.stderr));
-        (output.status.success(), text)
-    };
+    let s3cmd = |args: &[&str]| s3cmd(addr, args);
     let (ok, listing) = s3cmd(&["ls", "--recursive", "s3://media"]);
     assert!(ok, "s3cmd ls:\n{listing}");
     for key in expected.keys() {

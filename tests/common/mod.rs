@@ -12,8 +12,12 @@
 //! runs every suite against another daemon binary (an older build, to show that a
 //! regression test fails on it). [`failpoints_binary`] is the daemon built with the
 //! `failpoints` feature (failure injection), built on first use.
+//! [`s3`] holds the S3 side: the listener's flags and address, the outside S3 clients
+//! and a signed-request client of our own.
 // Each test binary uses a different subset of these helpers.
 #![allow(dead_code)]
+
+pub mod s3;
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
@@ -49,6 +53,11 @@ const DAEMON_ENV: &[&str] = &[
     "RHINOBOX_MAX_CONNECTIONS",
     "RHINOBOX_MAX_PARTS",
     "RHINOBOX_DIRECT_IO_MIN_KB",
+    "RHINOBOX_S3_ADDR",
+    "RHINOBOX_S3_ACCESS_KEY",
+    "RHINOBOX_S3_SECRET_KEY",
+    "RHINOBOX_S3_SECRET_KEY_FILE",
+    "RHINOBOX_S3_REGION",
 ];
 
 /// The io engine this test target runs the daemon under: `threads` for the `*_threads`
