@@ -669,4 +669,11 @@ fn buckets_objects_and_metadata_survive_a_restart_and_verify_is_clean() {
         holder.display(),
         lines.join("\n")
     );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("summary: 1 problem") && l.contains(" 1 damaged")),
+        "the summary counts the damaged content:\n{}",
+        lines.join("\n")
+    );
 }

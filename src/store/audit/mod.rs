@@ -130,15 +130,16 @@ fn cannot_run(error: &AuditError) -> i32 {
     EXIT_CANNOT_RUN
 }
 
-/// `N files checked (SIZE); N missing, ...; N.N s` for the summary line.
+/// `N files checked (SIZE); N missing, ...; N.N s` for the summary line (S3 object
+/// content counted with the files).
 fn counts(audit: &Audit, started: Instant) -> String {
     format!(
         "{} files checked ({}); {} missing, {} damaged, {} stray, {} damaged-journal-line, \
          {} tmp; {:.1} s",
         audit.files_checked,
         human_bytes(audit.bytes_checked),
-        audit.missing.len(),
-        audit.damaged.len(),
+        audit.missing.len() + audit.objects_missing.len(),
+        audit.damaged.len() + audit.objects_damaged.len(),
         audit.tree.strays.len(),
         audit.journal.damaged().len(),
         audit.tree.tmp_files,
