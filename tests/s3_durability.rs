@@ -12,79 +12,22 @@ mod common;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::s3::{S3_FLAGS, SignedRequest, s3_addr};
 use common::*;
-use rhinobox::client::sigv4::{self, Credentials, Signing, UNSIGNED_PAYLOAD};
-use rhinobox::client::{Connection, Response, blake3_hex};
-
-const ACCESS_KEY: &str = "crash-test";
-const SECRET_KEY: &str = "crash-test-secret-key";
-const S3_LINE: &str = "rhinobox: S3 API listening on ";
-
-fn s3_args() -> [&'static str; 6] {
-    [
-        "--s3-addr",
-        "127.0.0.1:0",
-        "--s3-access-key",
-        ACCESS_KEY,
-        "--s3-secret-key",
-        SECRET_KEY,
-    ]
-}
-
-/// The S3 address announced by the daemon's `starts`-th start (from 1).
-fn s3_addr(daemon: &Daemon, starts: usize) -> SocketAddr {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let lines: Vec<String> = daemon
-            .stderr_lines()
-            .into_iter()
-            .filter(|l| l.contains(S3_LINE))
-            .collect();
-        if lines.len() >= starts {
-            let line = &lines[starts - 1];
-            return line
-                .rsplit(' ')
-                .next()
-                .and_then(|a| a.parse().ok())
-                .unwrap_or_else(|| panic!("bad S3 line {line:?}"));
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no S3 listener line; log:\n{}",
-            daemon.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
+use rhinobox::client::{Response, blake3_hex};
 
 /// One signed S3 request; `Err` when the connection broke (the daemon died).
 fn s3(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> std::io::Result<Response> {
-    let host = addr.to_string();
-    let amz_date = sigv4::amz_date(std::time::SystemTime::now());
-    let credentials = Credentials {
-        access_key: ACCESS_KEY.into(),
-        secret_key: SECRET_KEY.into(),
-        region: "us-east-1".into(),
-    };
-    let signed = sigv4::sign(
-        &credentials,
-        &Signing {
-            method,
-            path,
-            query: "",
-            host: &host,
-            extra_headers: &[],
-            payload_hash: UNSIGNED_PAYLOAD,
-            amz_date: &amz_date,
-        },
-    );
-    let headers: Vec<(&str, &str)> = signed
-        .iter()
-        .map(|(n, v)| (n.as_str(), v.as_str()))
-        .collect();
-    Connection::connect(addr)?.request(method, path, &headers, body)
+    SignedRequest {
+        method,
+        target: path.trim_start_matches('/'),
+        query: "",
+        headers: &[],
+        body,
+    }
+    .try_send(addr)
 }
 
 fn ok(response: std::io::Result<Response>) -> Response {
@@ -123,8 +66,8 @@ fn bytes(n: usize, seed: u8) -> Vec<u8> {
 
 /// A daemon under test with the S3 listener and the bucket `crash`, stopped cleanly.
 fn prepared(data: &Path, objects: &[(&str, &[u8])]) {
-    let mut daemon = Daemon::builder().data_dir(data).args(&s3_args()).start();
-    let addr = s3_addr(&daemon, 1);
+    let mut daemon = Daemon::builder().data_dir(data).args(S3_FLAGS).start();
+    let addr = s3_addr(&daemon);
     ok(s3(addr, "PUT", "/crash", b""));
     for (key, body) in objects {
         ok(s3(addr, "PUT", &format!("/crash/{key}"), body));
@@ -143,9 +86,9 @@ fn crash_during(
         .binary(&failpoints_binary())
         .env("RHINOBOX_FAILPOINTS", spec)
         .data_dir(data)
-        .args(&s3_args())
+        .args(S3_FLAGS)
         .start();
-    let addr = s3_addr(&crashing, 1);
+    let addr = s3_addr(&crashing);
     if let Ok(response) = request(addr) {
         assert!(
             response.status >= 500,
@@ -165,8 +108,8 @@ fn crash_during(
 }
 
 fn restarted(data: &Path) -> (Daemon, SocketAddr) {
-    let daemon = Daemon::builder().data_dir(data).args(&s3_args()).start();
-    let addr = s3_addr(&daemon, 1);
+    let daemon = Daemon::builder().data_dir(data).args(S3_FLAGS).start();
+    let addr = s3_addr(&daemon);
     (daemon, addr)
 }
 

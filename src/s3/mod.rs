@@ -382,21 +382,40 @@ fn leaf_of(key: &str) -> &str {
     key.rsplit('/').next().unwrap_or(key)
 }
 
-fn checksum_of(
-    input_crc32: Option<String>,
-    crc32c: Option<String>,
-    crc64: Option<String>,
-    sha1: Option<String>,
-    sha256: Option<String>,
-) -> Checksum {
-    Checksum {
-        checksum_crc32: input_crc32,
-        checksum_crc32c: crc32c,
-        checksum_crc64nvme: crc64,
-        checksum_sha1: sha1,
-        checksum_sha256: sha256,
-        ..Default::default()
-    }
+/// The digests a PutObject or UploadPart declares: the two inputs are different types
+/// with the same fields.
+macro_rules! declared {
+    ($headers:expr, $input:ident) => {
+        Declared::from_headers(
+            &$headers,
+            $input.content_md5,
+            Checksum {
+                checksum_crc32: $input.checksum_crc32,
+                checksum_crc32c: $input.checksum_crc32c,
+                checksum_crc64nvme: $input.checksum_crc64nvme,
+                checksum_sha1: $input.checksum_sha1,
+                checksum_sha256: $input.checksum_sha256,
+                ..Default::default()
+            },
+        )
+    };
+}
+
+/// A PutObject or UploadPart answer with its ETag and the checksums computed, echoed as
+/// S3 does.
+macro_rules! answer_with_checksums {
+    ($output:ident, $etag:expr, $checksums:expr) => {{
+        let checksums: Checksum = $checksums;
+        $output {
+            e_tag: Some(ETag::Strong($etag)),
+            checksum_crc32: checksums.checksum_crc32,
+            checksum_crc32c: checksums.checksum_crc32c,
+            checksum_crc64nvme: checksums.checksum_crc64nvme,
+            checksum_sha1: checksums.checksum_sha1,
+            checksum_sha256: checksums.checksum_sha256,
+            ..Default::default()
+        }
+    }};
 }
 
 fn check_media(bucket: &str) -> S3Result<()> {
@@ -626,10 +645,6 @@ fn new_record(
     }
 }
 
-fn set_checksums(checksums: &Checksum) -> Checksum {
-    checksums.clone()
-}
-
 #[async_trait::async_trait]
 impl S3 for Front {
     async fn create_bucket(
@@ -673,17 +688,7 @@ impl S3 for Front {
         check_key(&input.key)?;
         self.user_bucket(&input.bucket)?;
         let if_absent = if_absent_of(input.if_none_match.as_ref())?;
-        let declared = Declared::from_headers(
-            &req.headers,
-            input.content_md5,
-            checksum_of(
-                input.checksum_crc32,
-                input.checksum_crc32c,
-                input.checksum_crc64nvme,
-                input.checksum_sha1,
-                input.checksum_sha256,
-            ),
-        );
+        let declared = declared!(req.headers, input);
         let trailers = req.trailing_headers;
         let (bucket, key, body) = (input.bucket, input.key, input.body);
         let (content_type, meta) = (input.content_type, meta_of(input.metadata));
@@ -720,16 +725,7 @@ impl S3 for Front {
             Ok((stored, received.checksums))
         })
         .await?;
-        let checksums = set_checksums(&checksums);
-        let output = PutObjectOutput {
-            e_tag: Some(ETag::Strong(stored.etag.clone())),
-            checksum_crc32: checksums.checksum_crc32,
-            checksum_crc32c: checksums.checksum_crc32c,
-            checksum_crc64nvme: checksums.checksum_crc64nvme,
-            checksum_sha1: checksums.checksum_sha1,
-            checksum_sha256: checksums.checksum_sha256,
-            ..Default::default()
-        };
+        let output = answer_with_checksums!(PutObjectOutput, stored.etag.clone(), checksums);
         Ok(with_hash(S3Response::new(output), &stored.hash))
     }
 
@@ -914,17 +910,7 @@ impl S3 for Front {
         if !(1..=multipart::PARTS_MAX).contains(&input.part_number) {
             return Err(s3_error!(InvalidArgument, "part numbers are 1 to 10,000"));
         }
-        let declared = Declared::from_headers(
-            &req.headers,
-            input.content_md5,
-            checksum_of(
-                input.checksum_crc32,
-                input.checksum_crc32c,
-                input.checksum_crc64nvme,
-                input.checksum_sha1,
-                input.checksum_sha256,
-            ),
-        );
+        let declared = declared!(req.headers, input);
         let trailers = req.trailing_headers;
         let (upload_id, number, body) = (input.upload_id, input.part_number, input.body);
         let extra = receive::Extra {
@@ -993,15 +979,11 @@ impl S3 for Front {
             Ok((etag, received.checksums))
         })
         .await?;
-        Ok(S3Response::new(UploadPartOutput {
-            e_tag: Some(ETag::Strong(etag)),
-            checksum_crc32: checksums.checksum_crc32,
-            checksum_crc32c: checksums.checksum_crc32c,
-            checksum_crc64nvme: checksums.checksum_crc64nvme,
-            checksum_sha1: checksums.checksum_sha1,
-            checksum_sha256: checksums.checksum_sha256,
-            ..Default::default()
-        }))
+        Ok(S3Response::new(answer_with_checksums!(
+            UploadPartOutput,
+            etag,
+            checksums
+        )))
     }
 
     async fn complete_multipart_upload(

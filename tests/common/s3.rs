@@ -263,6 +263,11 @@ pub struct SignedRequest<'a> {
 impl SignedRequest<'_> {
     /// Sends the request to the S3 address on a fresh connection.
     pub fn send(&self, addr: SocketAddr) -> Response {
+        self.try_send(addr).expect("S3 request")
+    }
+
+    /// [`SignedRequest::send`], with a broken connection (a daemon that died) as `Err`.
+    pub fn try_send(&self, addr: SocketAddr) -> std::io::Result<Response> {
         let path = format!(
             "/{}",
             self.target
@@ -299,10 +304,7 @@ impl SignedRequest<'_> {
         } else {
             format!("{path}?{}", self.query)
         };
-        Connection::connect(addr)
-            .expect("connect to the S3 listener")
-            .request(self.method, &uri, &headers, self.body)
-            .expect("S3 request")
+        Connection::connect(addr)?.request(self.method, &uri, &headers, self.body)
     }
 }
 
