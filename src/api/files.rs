@@ -432,7 +432,7 @@ async fn pump(
     }
 }
 
-/// A response body fed by [`pump`], which runs as a task on the serving core (the io
+/// A response body fed by `pump`, which runs as a task on the serving core (the io
 /// engine's handles are !Send; the body must be Send). Its size hint is exact, so hyper
 /// frames it with Content-Length and the access log counts the bytes.
 pub struct FileBody {

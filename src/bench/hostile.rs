@@ -394,7 +394,7 @@ pub struct FloodCycle {
     pub load_average: String,
 }
 
-/// Opens `connections` connections (every other one sends [`SLOW_HEAD`], then one more
+/// Opens `connections` connections (every other one sends `SLOW_HEAD`, then one more
 /// byte halfway through the hold), holds them `hold`, closes them; samples `pid`.
 pub fn flood_cycle(
     addr: SocketAddr,

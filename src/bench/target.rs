@@ -137,7 +137,7 @@ impl Daemon {
         })
     }
 
-    /// SIGTERM, then waits for the exit (SIGKILL after [`STOP_WAIT_MAX`]).
+    /// SIGTERM, then waits for the exit (SIGKILL after `STOP_WAIT_MAX`).
     pub fn stop(mut self) -> Result<(), String> {
         // SAFETY: kill(2) on the pid of a child we have not reaped yet.
         unsafe { libc::kill(self.pid as i32, libc::SIGTERM) };

@@ -22,7 +22,7 @@
 //! moves on to the next part while the disk work finishes; the commit waits for every such
 //! task first. The request's [`TmpFiles`] guard knows every tmp path before the file can
 //! exist, so a failed or cancelled request leaves nothing in `.tmp`; a handful are removed
-//! before the reply, more on the [`Reaper`] thread, never stalling the core.
+//! before the reply, more on the [`Reaper`](crate::store::tmp::Reaper) thread, never stalling the core.
 //!
 //! [`Limits::io_buffer_hold_max`]: crate::config::Limits::io_buffer_hold_max
 

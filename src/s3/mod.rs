@@ -5,7 +5,7 @@
 //! path-style requests to operations, and the XML of inputs, outputs and errors. This
 //! module maps operations onto the store. Its futures must be `Send` (s3s's trait), while
 //! the store's io engines are per core and `!Send`: work that touches files runs as a
-//! task on the serving core ([`on_core`]) and answers over a oneshot; bodies cross back as
+//! task on the serving core (`on_core`) and answers over a oneshot; bodies cross back as
 //! `Send` streams fed by that task.
 //!
 //! Buckets:
@@ -82,7 +82,7 @@ use receive::Declared;
 /// The read-only bucket that shows the native store.
 pub const MEDIA_BUCKET: &str = "media";
 
-/// The S3 service of one core: s3s with our key pair in front of [`Front`].
+/// The S3 service of one core: s3s with our key pair in front of `Front`.
 pub fn service(shared: Arc<Shared>, config: &S3Config) -> S3Service {
     let mut builder = S3ServiceBuilder::new(Front {
         shared,

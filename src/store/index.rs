@@ -250,7 +250,7 @@ impl Index {
 
     /// Waits until no duplicate upload holds a lease on `hash` (called after
     /// [`Index::begin_delete`], so no new lease can be taken); false after
-    /// [`LEASE_WAIT_MAX`].
+    /// `LEASE_WAIT_MAX`.
     pub async fn wait_unleased(&self, hash: &Hash) -> bool {
         let started = std::time::Instant::now();
         while self.leases.contains_key(hash) {

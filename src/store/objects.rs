@@ -6,7 +6,9 @@
 //! `object_delete`), in journal order. The operations that change it are in
 //! [`super::object_protocol`]; this module only keeps the state and its rules:
 //! - a key's operations run one at a time ([`Objects::lock_key`]), so the journal order of
-//!   a key's lines is the order they are published in;
+//!   a key's lines is the order they are published in. The key lock is an async lock held
+//!   across the operation's syncs on purpose (waiters yield, the core runs on); the state
+//!   lock below is a plain mutex taken only in short synchronous blocks;
 //! - `refs` of a content counts the keys that name it plus the puts that reserved it;
 //!   a blob is placed only by the put that found it absent (state `Placing`) and removed
 //!   only by the operation that took `refs` to zero (state `Removing`); everyone else

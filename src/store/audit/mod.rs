@@ -3,10 +3,10 @@
 //! Both take the data dir lock (`flock` on `<data>/.lock`, as the daemon does) for their
 //! whole run, so they refuse while a daemon serves the data dir and a daemon cannot start
 //! under them. [`verify`] is read-only: it replays the journal without stopping at a
-//! damaged line ([`scan`]), walks `storage/` without following symlinks, re-hashes every
-//! live record's file on two threads ([`digest`]) and prints one line per finding and a
+//! damaged line (`scan`), walks `storage/` without following symlinks, re-hashes every
+//! live record's file on two threads (`digest`) and prints one line per finding and a
 //! summary. [`repair`] runs the same audit, then makes the store consistent
-//! ([`repair::repair`] lists its steps and their order). Findings and steps go to stdout,
+//! (`repair::repair` lists its steps and their order). Findings and steps go to stdout,
 //! progress (at most every 2 s) and errors to stderr.
 //!
 //! Exit status: [`EXIT_CLEAN`] when the store is (or, after repair, was made) consistent,

@@ -1,7 +1,7 @@
 //! The io engines: how bytes reach files. One [`CoreIo`] per core runtime.
 //!
 //! - `uring`: io_uring ops on the core's own ring; writes go through a per-core pool of
-//!   page-aligned registered (fixed) buffers allocated at start-up (see [`uring`]). Full
+//!   page-aligned registered (fixed) buffers allocated at start-up (see `uring`). Full
 //!   large buffers of a large file are written with O_DIRECT, the tail and small files
 //!   through the page cache. Creating a file and renaming it are plain syscalls on the core
 //!   thread: io_uring punts both to io-wq worker threads, and the hand-off cost more than
