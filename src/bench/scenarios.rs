@@ -115,6 +115,9 @@ pub struct SuiteOutcome {
     pub index: Option<IndexOutcome>,
     pub hostile: HostileOutcome,
     pub notes: Vec<String>,
+    /// S3 shapes that could not run (no target, bucket not creatable, ...); the harness
+    /// exits non-zero when there are any.
+    pub s3_errors: usize,
 }
 
 /// Runs the groups named in `options.groups`.
@@ -145,9 +148,10 @@ pub fn run_suite(options: &Options) -> SuiteOutcome {
             continue;
         }
         if let Some(shape) = name.strip_prefix("s3:") {
-            let (runs, notes) = s3::run_shape(options, shape);
+            let (runs, errors) = s3::run_shape(options, shape);
             suite.outcome.runs.extend(runs);
-            notes.into_iter().for_each(|note| suite.note(note));
+            suite.outcome.s3_errors += errors.len();
+            errors.into_iter().for_each(|error| suite.note(error));
             continue;
         }
         match build_group(name, options).or_else(|| build_varied(name, options)) {

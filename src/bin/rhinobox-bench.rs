@@ -251,6 +251,12 @@ fn main() -> ExitCode {
     }
     let failed: u64 = suite.runs.iter().map(|r| r.failed_files).sum();
     println!("\nfailed files over all runs: {failed}");
+    if suite.s3_errors > 0 {
+        println!(
+            "S3 shapes that could not run: {} (see the notes)",
+            suite.s3_errors
+        );
+    }
     if let Some(path) = &cli.json {
         let document = json!({
             "setup": setup_before,
@@ -264,6 +270,7 @@ fn main() -> ExitCode {
             "targets": targets,
             "comparisons": comparisons,
             "notes": suite.notes,
+            "s3_errors": suite.s3_errors,
         });
         let text = serde_json::to_string_pretty(&document).expect("results serialize");
         if let Err(error) = std::fs::write(path, text) {
@@ -274,7 +281,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     }
-    if failed > 0 {
+    if failed > 0 || suite.s3_errors > 0 {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
