@@ -857,12 +857,17 @@ pub fn print_summary(runs: &[RunResult]) {
             .fold(None, |max: Option<f64>, v| {
                 Some(max.map_or(v, |m| m.max(v)))
             });
+        let objects_per_s = med(|r| r.files_per_s);
         println!(
-            "| {} | {} | {} | {:.0} | {:.0} | {:.3} | {:.3} | {} | {} |",
+            "| {} | {} | {} | {} | {:.0} | {:.3} | {:.3} | {} | {} |",
             key.0,
             key.1,
             of.len(),
-            med(|r| r.files_per_s),
+            if objects_per_s < 10.0 {
+                format!("{objects_per_s:.2}")
+            } else {
+                format!("{objects_per_s:.0}")
+            },
             med(|r| r.mib_per_s * 1.048_576),
             med(|r| r.latency.p50_ms),
             med(|r| r.latency.p99_ms),
@@ -870,6 +875,10 @@ pub fn print_summary(runs: &[RunResult]) {
             of.iter().map(|r| r.failed_files).sum::<u64>()
         );
     }
+    println!(
+        "\np50/p99: per request; for multipart per UploadPart, for one large object the one \
+         request (MB/s counts from Create to Complete)."
+    );
 }
 
 #[cfg(test)]
