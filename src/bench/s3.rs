@@ -107,6 +107,13 @@ pub fn run_shape(options: &Options, shape: &str) -> (Vec<RunResult>, Vec<String>
         Ok(servers) => servers,
         Err(error) => return (Vec::new(), vec![format!("s3:{shape}: {error}")]),
     };
+    // Rounds follow the targets configured, not those ready: with B given, each shape
+    // runs `rounds` times on whichever target could run it.
+    let rounds = if servers.len() > 1 {
+        options.rounds.max(1)
+    } else {
+        1
+    };
     let bucket = &options.s3.bucket;
     let mut ready = Vec::new();
     for server in servers {
@@ -115,11 +122,6 @@ pub fn run_shape(options: &Options, shape: &str) -> (Vec<RunResult>, Vec<String>
             Err(e) => errors.push(format!("s3:{shape}: target {}: {e}", server.label)),
         }
     }
-    let rounds = if ready.len() > 1 {
-        options.rounds.max(1)
-    } else {
-        1
-    };
     let mut runs = Vec::new();
     for _ in 0..rounds {
         for server in &ready {

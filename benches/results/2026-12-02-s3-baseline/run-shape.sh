@@ -1,5 +1,10 @@
 #!/usr/bin/env bash
-# One baseline run: a fresh s3s-fs on a fresh dir under /var/tmp, rhinobox-bench --scenarios s3.
+# One run of the 2026-12-02 S3 baseline, kept as it was run: a fresh s3s-fs on a fresh dir
+# under /var/tmp, then rhinobox-bench --scenarios s3:SHAPE against it, output into this
+# directory as SHAPE-runN.txt and .json, with the seconds a rustc ran during the run.
+# usage: run-shape.sh SHAPE N   (SHAPE: put, get, get-large, multipart)
+# needs: /work/tools-s3s-fs/bin/s3s-fs, /work/h-bench/target/release/rhinobox-bench
+case "${1:-}" in -h | --help) sed -n '2,/^[^#]/s/^# \{0,1\}//p' "$0"; exit 0 ;; esac
 set -euo pipefail
 shape=$1; n=$2; out=/work/h-bench/benches/results/2026-12-02-s3-baseline
 cd /work/h-bench

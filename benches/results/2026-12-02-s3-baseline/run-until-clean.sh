@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Per shape, "$(dirname "$0")/run-shape.sh" until three runs saw no rustc (at most 10 tries per shape);
-# disturbed runs are kept as <shape>-disturbed-N.txt.
+# disturbed runs are kept as <shape>-disturbed-N.txt (moved to disturbed/ afterwards).
+# usage: run-until-clean.sh SHAPE...   e.g. run-until-clean.sh put get get-large multipart
+case "${1:-}" in -h | --help) sed -n '2,/^[^#]/s/^# \{0,1\}//p' "$0"; exit 0 ;; esac
 out=/work/h-bench/benches/results/2026-12-02-s3-baseline
 for shape in "$@"; do
     clean=0
