@@ -358,6 +358,10 @@ fn send(
                 length,
             )
         }
+        Body::Raw(name, bytes) if endpoint.mode == Mode::S3Put => {
+            super::s3::put_object(connection, endpoint, name, bytes)
+        }
+        Body::Get(name) => super::s3::get_object(connection, endpoint, name),
         Body::Raw(name, bytes) => {
             let path = format!("{}{name}", endpoint.path);
             connection.request(
@@ -372,11 +376,18 @@ fn send(
 
 /// Status 200 (PUT: any 2xx), one `stored` entry per file in order, each hash equal to
 /// the BLAKE3 of what was sent and `duplicate` as planned. A PUT answer without JSON
-/// (a plain file server) passes unverified.
+/// (a plain file server) passes unverified. S3: see [`super::s3::check`].
 fn check(mode: Mode, response: &Response, expected: &[Expected]) -> Result<Checked, String> {
     let ok_status = match mode {
         Mode::Post => response.status == 200,
         Mode::Put => (200..300).contains(&response.status),
+        Mode::S3Put | Mode::S3Get => {
+            let verified = super::s3::check(mode, response, &expected[0].hash)?;
+            return Ok(Checked {
+                duplicates: 0,
+                unverified: u64::from(!verified),
+            });
+        }
     };
     if !ok_status {
         return Err(format!(
@@ -387,7 +398,7 @@ fn check(mode: Mode, response: &Response, expected: &[Expected]) -> Result<Check
     }
     let json = match (mode, response.try_json()) {
         (_, Ok(json)) if json.get("stored").is_some() => json,
-        (Mode::Put, _) => {
+        (Mode::Put | Mode::S3Put | Mode::S3Get, _) => {
             return Ok(Checked {
                 duplicates: 0,
                 unverified: expected.len() as u64,

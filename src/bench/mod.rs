@@ -16,6 +16,8 @@
 //!   the daemon's start-up time and memory on it.
 //! - [`hostile`]: normal clients beside trickling uploads, searches over a large index,
 //!   and connection floods.
+//! - [`s3`]: PutObject, GetObject and multipart uploads through any S3 server, signed
+//!   with the client's own SigV4.
 //! - [`report`]: one result per run, the reference table (the Go RhinoBox's
 //!   targets and figures), the targets table, JSON.
 //! - [`scenarios`]: the suites that tie the rest together.
@@ -25,6 +27,7 @@ pub mod hostile;
 pub mod index_scale;
 pub mod load;
 pub mod report;
+pub mod s3;
 pub mod scenarios;
 pub mod stats;
 pub mod target;

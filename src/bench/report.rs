@@ -375,6 +375,10 @@ pub fn comparisons(runs: &[RunResult]) -> Vec<Comparison> {
         .iter()
         .filter(|r| r.target == "B")
         .map(|r| r.scenario.as_str())
+        .filter(|scenario| {
+            runs.iter()
+                .any(|r| r.target == "A" && r.scenario == *scenario)
+        })
         .collect();
     scenarios.dedup();
     scenarios

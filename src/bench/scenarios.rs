@@ -19,6 +19,7 @@ use super::hostile::{self, HostileOutcome, HostileSpec};
 use super::index_scale::{self, IndexOutcome};
 use super::load::{self, LoadSpec};
 use super::report::{RunLabels, RunResult};
+use super::s3::{self, S3Options};
 use super::target::{Daemon, DaemonSpec, Endpoint, Mode};
 use super::workload::{Sizes, Workload, fresh_nonce};
 
@@ -69,6 +70,8 @@ pub struct Options {
     /// Connections per cycle and cycles of `hostile:floods`.
     pub flood_connections: usize,
     pub flood_cycles: usize,
+    /// Targets and sizes of the `s3:*` shapes.
+    pub s3: S3Options,
     pub groups: Vec<String>,
 }
 
@@ -112,6 +115,9 @@ pub struct SuiteOutcome {
     pub index: Option<IndexOutcome>,
     pub hostile: HostileOutcome,
     pub notes: Vec<String>,
+    /// S3 shapes that could not run (no target, bucket not creatable, ...); the harness
+    /// exits non-zero when there are any.
+    pub s3_errors: usize,
 }
 
 /// Runs the groups named in `options.groups`.
@@ -139,6 +145,13 @@ pub fn run_suite(options: &Options) -> SuiteOutcome {
         }
         if let Some(shape) = name.strip_prefix("hostile:") {
             suite.hostile(shape);
+            continue;
+        }
+        if let Some(shape) = name.strip_prefix("s3:") {
+            let (runs, errors) = s3::run_shape(options, shape);
+            suite.outcome.runs.extend(runs);
+            suite.outcome.s3_errors += errors.len();
+            errors.into_iter().for_each(|error| suite.note(error));
             continue;
         }
         match build_group(name, options).or_else(|| build_varied(name, options)) {
@@ -715,6 +728,10 @@ fn expand(name: &str, options: &Options) -> Vec<String> {
             .map(|shape| format!("hostile:{shape}"))
             .collect(),
         "engines" => vec!["engines:uring".into(), "engines:threads".into()],
+        "s3" => s3::SHAPES
+            .iter()
+            .map(|shape| format!("s3:{shape}"))
+            .collect(),
         "workers" => (1..=options.max_workers.max(1))
             .map(|w| format!("workers:{w}"))
             .collect(),

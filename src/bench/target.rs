@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::client::sigv4::Credentials;
+
 /// Longest wait for a started daemon's listening line (a million-record journal replays
 /// in seconds; this bounds a hung start).
 const READY_WAIT_MAX: Duration = Duration::from_secs(300);
@@ -29,15 +31,24 @@ pub enum Mode {
     Post,
     /// `PUT <prefix><name>` with the raw file as body, one file per request.
     Put,
+    /// S3 PutObject: `PUT /<bucket>/<name>`, SigV4-signed, one object per request.
+    #[serde(rename = "s3-put")]
+    S3Put,
+    /// S3 GetObject: `GET /<bucket>/<name>`, SigV4-signed, the body checked.
+    #[serde(rename = "s3-get")]
+    S3Get,
 }
 
 /// Where requests go.
 #[derive(Clone, Debug)]
 pub struct Endpoint {
     pub addr: SocketAddr,
-    /// POST: the request path. PUT: the prefix the file name is appended to (ends in `/`).
+    /// POST: the request path. PUT and S3: the prefix the file name is appended to (ends
+    /// in `/`; for S3 `/<bucket>/`).
     pub path: String,
     pub mode: Mode,
+    /// The key pair S3 requests are signed with (S3 modes only).
+    pub credentials: Option<Credentials>,
 }
 
 impl Endpoint {
@@ -64,9 +75,26 @@ impl Endpoint {
             (Mode::Post, "") => "/ingest/media".to_string(),
             (Mode::Put, "") => "/ingest/media/".to_string(),
             (Mode::Post, path) => path.to_string(),
-            (Mode::Put, path) => format!("{path}/"),
+            (_, path) => format!("{path}/"),
         };
-        Endpoint { addr, path, mode }
+        Endpoint {
+            addr,
+            path,
+            mode,
+            credentials: None,
+        }
+    }
+
+    /// An S3 endpoint: objects of `bucket` at `addr`, requests signed with `credentials`.
+    pub fn s3(addr: SocketAddr, bucket: &str, credentials: Credentials, mode: Mode) -> Endpoint {
+        assert!(
+            matches!(mode, Mode::S3Put | Mode::S3Get),
+            "{mode:?} is not an S3 mode"
+        );
+        Endpoint {
+            credentials: Some(credentials),
+            ..Endpoint::new(addr, &format!("/{bucket}"), mode)
+        }
     }
 
     pub fn url(&self) -> String {

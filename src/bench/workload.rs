@@ -101,8 +101,11 @@ pub enum Body {
     Multipart(String, Vec<u8>),
     /// One file framed as multipart while it is sent.
     MultipartFramedLater(FileSpec, Vec<u8>),
-    /// PUT: the raw file, sent to the endpoint prefix + `name`.
+    /// PUT and S3 PutObject: the raw file, sent to the endpoint prefix + `name`.
     Raw(String, Vec<u8>),
+    /// S3 GetObject of the endpoint prefix + `name`: the file an `S3Put` run of the same
+    /// workload (nonce, clients, requests) stored, which the answer must hold.
+    Get(String),
 }
 
 /// A prepared request.
@@ -153,7 +156,7 @@ impl Workload {
     pub fn prepare(&self, client: usize, request: usize, warmup: usize) -> Prepared {
         let files_per_request = match self.mode {
             Mode::Post => self.files_per_request,
-            Mode::Put => 1,
+            Mode::Put | Mode::S3Put | Mode::S3Get => 1,
         };
         let mut multipart = Multipart::new();
         let mut expected = Vec::with_capacity(files_per_request);
@@ -167,7 +170,8 @@ impl Workload {
                 duplicate: Some(self.is_duplicate(request, slot, warmup)),
             });
             let body = match self.mode {
-                Mode::Put => Body::Raw(spec.name.clone(), bytes),
+                Mode::Put | Mode::S3Put => Body::Raw(spec.name.clone(), bytes),
+                Mode::S3Get => Body::Get(spec.name.clone()),
                 Mode::Post
                     if files_per_request == 1 && spec.size >= FRAME_WHILE_SENDING_BYTES_MIN =>
                 {

@@ -7,6 +7,8 @@
 //! rhinobox-bench --url http://127.0.0.1:8090 --compare http://127.0.0.1:8091
 //! rhinobox-bench --put --scenarios put --compare http://127.0.0.1:8080/dav
 //! rhinobox-bench --scenarios hostile --workers 2 --daemon-bin /path/to/old/rhinobox
+//! rhinobox-bench --scenarios s3 --s3-url http://127.0.0.1:9000 --s3-access-key K \
+//!     --s3-secret-key S --compare-s3-url http://127.0.0.1:8014 --pid 123 --compare-pid 456
 //! ```
 
 use std::path::PathBuf;
@@ -17,9 +19,11 @@ use serde_json::json;
 
 use rhinobox::bench::hostile;
 use rhinobox::bench::report::{self, RunResult};
+use rhinobox::bench::s3::{self, S3Options, S3Target};
 use rhinobox::bench::scenarios::{self, Options, STANDARD};
 use rhinobox::bench::target::DaemonSpec;
 use rhinobox::bench::target::load_average;
+use rhinobox::client::sigv4::Credentials;
 
 /// Load generator for rhinobox and any server that speaks POST /ingest/media or PUT.
 #[derive(Parser, Debug)]
@@ -29,13 +33,13 @@ struct Cli {
     /// group on a fresh data dir under --work-dir and samples its memory and CPU.
     #[arg(long)]
     url: Option<String>,
-    /// pid of the --url server, to sample its RSS and CPU time from /proc.
+    /// pid of the --url (or --s3-url) server, to sample its RSS and CPU time from /proc.
     #[arg(long)]
     pid: Option<u32>,
     /// Target B: every scenario runs on A and B interleaved (A B A B), ratios printed.
     #[arg(long)]
     compare: Option<String>,
-    /// pid of the --compare server (its worker, for nginx).
+    /// pid of the --compare (or --compare-s3-url) server (its worker, for nginx).
     #[arg(long)]
     compare_pid: Option<u32>,
     /// Send every file as `PUT <url path><name>` (one file per request), e.g. to nginx
@@ -45,7 +49,8 @@ struct Cli {
     /// Scenario groups, comma-separated: seed, latency, sizes, concurrency, dedup,
     /// durability, engines, workers, put, index; `standard` = all of them. Not in
     /// `standard`: hostile (= hostile:trickle, hostile:search, hostile:floods, each on a
-    /// daemon of its own; one target only, no --compare).
+    /// daemon of its own; one target only, no --compare); s3 (= s3:put, s3:get,
+    /// s3:get-large, s3:multipart, against --s3-url and --compare-s3-url).
     #[arg(long, default_value = "standard", value_delimiter = ',')]
     scenarios: Vec<String>,
     /// Multiplies the request counts of every scenario (1.0 finishes in a few minutes on
@@ -107,6 +112,54 @@ struct Cli {
     /// hostile:floods: cycles.
     #[arg(long, default_value_t = 5)]
     flood_cycles: usize,
+    /// S3 target A for the s3:* scenarios: `http://HOST:PORT` of any S3 server, spoken
+    /// to path-style (`/BUCKET/KEY`) with SigV4 header signatures and
+    /// `x-amz-content-sha256: UNSIGNED-PAYLOAD` (bodies are checked by reading back).
+    /// s3:put: PutObject of distinct 4 KiB objects, 8 clients. s3:get: GetObject of such
+    /// objects (put first, unmeasured), 8 clients, bodies BLAKE3-checked. s3:get-large:
+    /// one PutObject and one GetObject of a --s3-large-mib object, compared byte by byte.
+    /// s3:multipart: Create, UploadPart of 8 MiB parts (--s3-parts-in-flight at once),
+    /// Complete; then checked by HEAD and GET. Give --pid for the server's peak RSS.
+    #[arg(long)]
+    s3_url: Option<String>,
+    /// Access key id the S3 requests are signed with.
+    #[arg(long, env = "RHINOBOX_BENCH_S3_ACCESS_KEY", default_value = "bench")]
+    s3_access_key: String,
+    /// Secret key the S3 requests are signed with (the env var keeps it out of `ps`).
+    #[arg(
+        long,
+        env = "RHINOBOX_BENCH_S3_SECRET_KEY",
+        default_value = "bench-secret",
+        hide_env_values = true
+    )]
+    s3_secret_key: String,
+    /// Region put into the signatures.
+    #[arg(long, default_value = "us-east-1")]
+    s3_region: String,
+    /// Bucket the s3:* scenarios use on every S3 target; created (PUT /BUCKET) when HEAD
+    /// says it is absent.
+    #[arg(long, default_value = "rhinobox-bench")]
+    s3_bucket: String,
+    /// S3 target B: every s3:* scenario runs on A and B interleaved (A B A B, --rounds),
+    /// same bucket and region; its pid is --compare-pid.
+    #[arg(long)]
+    compare_s3_url: Option<String>,
+    /// Access key of target B (default: --s3-access-key).
+    #[arg(long)]
+    compare_s3_access_key: Option<String>,
+    /// Secret key of target B (default: --s3-secret-key).
+    #[arg(
+        long,
+        env = "RHINOBOX_BENCH_COMPARE_S3_SECRET_KEY",
+        hide_env_values = true
+    )]
+    compare_s3_secret_key: Option<String>,
+    /// Size of the object of s3:get-large and s3:multipart, MiB.
+    #[arg(long, default_value_t = 1024)]
+    s3_large_mib: u64,
+    /// UploadPart requests in flight in s3:multipart (one connection each).
+    #[arg(long, default_value_t = 4)]
+    s3_parts_in_flight: usize,
     /// Write every figure as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -151,9 +204,11 @@ fn main() -> ExitCode {
         search_clients: cli.search_clients,
         flood_connections: cli.flood_connections,
         flood_cycles: cli.flood_cycles,
+        s3: s3_options(&cli),
         groups,
     };
-    if options.url.is_none() && !options.daemon.bin.exists() {
+    let needs_daemon = options.groups.iter().any(|g| !g.starts_with("s3"));
+    if needs_daemon && options.url.is_none() && !options.daemon.bin.exists() {
         eprintln!(
             "rhinobox-bench: error: {} not found; run `cargo build --release` or pass --url",
             options.daemon.bin.display()
@@ -184,15 +239,24 @@ fn main() -> ExitCode {
     );
     print_workers(&suite.runs);
     hostile::print_summary(&suite.hostile);
+    s3::print_summary(&suite.runs);
     if let Some(b) = &options.compare {
         let a = options
             .url
             .clone()
             .unwrap_or_else(|| "rhinobox (started)".into());
         report::print_comparisons(&a, b, &comparisons);
+    } else if let (Some(a), Some(b)) = (&options.s3.a, &options.s3.b) {
+        report::print_comparisons(&a.url, &b.url, &comparisons);
     }
     let failed: u64 = suite.runs.iter().map(|r| r.failed_files).sum();
     println!("\nfailed files over all runs: {failed}");
+    if suite.s3_errors > 0 {
+        println!(
+            "S3 shapes that could not run: {} (see the notes)",
+            suite.s3_errors
+        );
+    }
     if let Some(path) = &cli.json {
         let document = json!({
             "setup": setup_before,
@@ -206,6 +270,7 @@ fn main() -> ExitCode {
             "targets": targets,
             "comparisons": comparisons,
             "notes": suite.notes,
+            "s3_errors": suite.s3_errors,
         });
         let text = serde_json::to_string_pretty(&document).expect("results serialize");
         if let Err(error) = std::fs::write(path, text) {
@@ -216,10 +281,38 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     }
-    if failed > 0 {
+    if failed > 0 || suite.s3_errors > 0 {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+fn s3_options(cli: &Cli) -> S3Options {
+    let credentials = |access_key: &str, secret_key: &str| Credentials {
+        access_key: access_key.to_string(),
+        secret_key: secret_key.to_string(),
+        region: cli.s3_region.clone(),
+    };
+    S3Options {
+        a: cli.s3_url.as_ref().map(|url| S3Target {
+            url: url.clone(),
+            credentials: credentials(&cli.s3_access_key, &cli.s3_secret_key),
+        }),
+        b: cli.compare_s3_url.as_ref().map(|url| S3Target {
+            url: url.clone(),
+            credentials: credentials(
+                cli.compare_s3_access_key
+                    .as_ref()
+                    .unwrap_or(&cli.s3_access_key),
+                cli.compare_s3_secret_key
+                    .as_ref()
+                    .unwrap_or(&cli.s3_secret_key),
+            ),
+        }),
+        bucket: cli.s3_bucket.clone(),
+        large_bytes: cli.s3_large_mib << 20,
+        parts_in_flight: cli.s3_parts_in_flight,
     }
 }
 

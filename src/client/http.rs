@@ -5,7 +5,9 @@
 //! with a known length ([`Connection::request_streaming`], so a 1 GiB upload never sits
 //! in memory) or sent with `Transfer-Encoding: chunked` ([`Connection::request_chunked`]).
 //! Responses framed by `Content-Length`, by chunked encoding or by the end of the
-//! connection are read whole into a [`Response`]. A server that answers before it has
+//! connection are read whole into a [`Response`], or, with [`Connection::request_into`],
+//! their body is written piece by piece into a sink (a 1 GiB download is checked as it
+//! arrives, never held). A server that answers before it has
 //! read the whole body (413, 400) and then closes is handled: a failed body write is
 //! followed by an attempt to read that early answer. Every line and header count is
 //! bounded, so a broken server cannot make the client grow without bound.
@@ -149,6 +151,25 @@ impl Connection {
         self.finish(method, sent)
     }
 
+    /// Sends a bodiless request (GET, HEAD, DELETE) and writes the response body into
+    /// `sink` in pieces of at most 256 KiB instead of [`Response::body`], which stays
+    /// empty.
+    pub fn request_into(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        sink: &mut dyn Write,
+    ) -> io::Result<Response> {
+        self.ensure_open()?;
+        let message = head(method, path, &self.host, headers, &[]);
+        self.writer.write_all(message.as_bytes())?;
+        self.writer.flush()?;
+        let response = read_response_into(&mut self.reader, method == "HEAD", sink);
+        self.note_closing(&response, method);
+        response
+    }
+
     /// Sends a request whose body of exactly `content_length` bytes is read from `body`
     /// piece by piece, so that its size does not matter to the client's memory.
     pub fn request_streaming(
@@ -208,11 +229,15 @@ impl Connection {
     /// Reads one response; `method` tells whether a body follows (not for HEAD).
     pub fn read_response(&mut self, method: &str) -> io::Result<Response> {
         let response = read_response(&mut self.reader, method == "HEAD");
-        match &response {
+        self.note_closing(&response, method);
+        response
+    }
+
+    fn note_closing(&mut self, response: &io::Result<Response>, method: &str) {
+        match response {
             Ok(response) if !closes(response, method) => {}
             _ => self.closed = true,
         }
-        response
     }
 
     fn ensure_open(&self) -> io::Result<()> {
@@ -341,20 +366,32 @@ fn read_line(reader: &mut BufReader<TcpStream>) -> io::Result<String> {
 }
 
 fn read_response(reader: &mut BufReader<TcpStream>, head_request: bool) -> io::Result<Response> {
+    let mut body = Vec::new();
+    let mut response = read_response_into(reader, head_request, &mut body)?;
+    response.body = body;
+    Ok(response)
+}
+
+/// Reads one response, its body (if any) written into `sink`.
+fn read_response_into(
+    reader: &mut BufReader<TcpStream>,
+    head_request: bool,
+    sink: &mut dyn Write,
+) -> io::Result<Response> {
     loop {
         let (status, headers) = read_head(reader)?;
         // 1xx answers (100 Continue) are interim: the real one follows.
         if (100..200).contains(&status) && status != 101 {
             continue;
         }
-        let mut response = Response {
+        let response = Response {
             status,
             headers,
             body: Vec::new(),
         };
         let bodiless = head_request || status == 204 || status == 304;
         if !bodiless {
-            response.body = read_body(reader, &response)?;
+            read_body(reader, &response, sink)?;
         }
         return Ok(response);
     }
@@ -389,34 +426,66 @@ fn read_head(reader: &mut BufReader<TcpStream>) -> io::Result<(u16, Vec<(String,
     }
 }
 
-fn read_body(reader: &mut BufReader<TcpStream>, response: &Response) -> io::Result<Vec<u8>> {
+fn read_body(
+    reader: &mut BufReader<TcpStream>,
+    response: &Response,
+    sink: &mut dyn Write,
+) -> io::Result<()> {
     let chunked = response
         .header("transfer-encoding")
         .is_some_and(|value| value.to_ascii_lowercase().contains("chunked"));
     if chunked {
-        return read_chunked(reader);
+        return read_chunked(reader, sink);
     }
-    let mut body = Vec::new();
     match response.header("content-length") {
         Some(length) => {
             let length: u64 = length
                 .parse()
                 .map_err(|_| invalid(format!("bad Content-Length {length:?}")))?;
-            reader.by_ref().take(length).read_to_end(&mut body)?;
-            if body.len() as u64 != length {
-                let message = format!("body cut off at {} of {length} bytes", body.len());
+            let got = copy_to_sink(reader, sink, length)?;
+            if got != length {
+                let message = format!("body cut off at {got} of {length} bytes");
                 return Err(io::Error::new(io::ErrorKind::UnexpectedEof, message));
             }
         }
         None => {
-            reader.read_to_end(&mut body)?;
+            copy_to_sink(reader, sink, u64::MAX)?;
         }
     }
-    Ok(body)
+    Ok(())
 }
 
-fn read_chunked(reader: &mut BufReader<TcpStream>) -> io::Result<Vec<u8>> {
-    let mut body = Vec::new();
+/// Copies up to `limit` bytes (fewer when the connection ends) from `reader` into
+/// `sink`; returns how many. What `reader` holds already goes first; the rest is read in
+/// pieces of at most 256 KiB, which bypass its small buffer, so that a large body costs
+/// few syscalls and a small one no allocation.
+fn copy_to_sink(
+    reader: &mut BufReader<TcpStream>,
+    sink: &mut dyn Write,
+    limit: u64,
+) -> io::Result<u64> {
+    let buffered = reader.buffer();
+    let take = (buffered.len() as u64).min(limit) as usize;
+    sink.write_all(&buffered[..take])?;
+    reader.consume(take);
+    let mut copied = take as u64;
+    if copied == limit {
+        return Ok(copied);
+    }
+    let mut piece = vec![0u8; (limit - copied).min(STREAM_CHUNK_BYTES as u64) as usize];
+    while copied < limit {
+        let want = (piece.len() as u64).min(limit - copied) as usize;
+        let got = reader.read(&mut piece[..want])?;
+        if got == 0 {
+            break;
+        }
+        sink.write_all(&piece[..got])?;
+        copied += got as u64;
+    }
+    Ok(copied)
+}
+
+fn read_chunked(reader: &mut BufReader<TcpStream>, sink: &mut dyn Write) -> io::Result<()> {
     loop {
         let line = read_line(reader)?;
         let size_text = line.split(';').next().unwrap_or_default().trim();
@@ -425,11 +494,9 @@ fn read_chunked(reader: &mut BufReader<TcpStream>) -> io::Result<Vec<u8>> {
         if size == 0 {
             // Trailers, if any, end with an empty line.
             while !read_line(reader)?.is_empty() {}
-            return Ok(body);
+            return Ok(());
         }
-        let before = body.len();
-        reader.by_ref().take(size).read_to_end(&mut body)?;
-        if (body.len() - before) as u64 != size {
+        if copy_to_sink(reader, sink, size)? != size {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 "chunk cut off",

@@ -11,12 +11,23 @@ type HmacSha256 = hmac::Hmac<Sha256>;
 /// The payload hash of a request whose body is not signed.
 pub const UNSIGNED_PAYLOAD: &str = "UNSIGNED-PAYLOAD";
 
-/// The key pair and region requests are signed for.
-#[derive(Clone, Debug)]
+/// The key pair and region requests are signed for. Its `Debug` leaves the secret out,
+/// so that options printed into logs and JSON do not carry it.
+#[derive(Clone)]
 pub struct Credentials {
     pub access_key: String,
     pub secret_key: String,
     pub region: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("access_key", &self.access_key)
+            .field("secret_key", &"<not shown>")
+            .field("region", &self.region)
+            .finish()
+    }
 }
 
 /// What a request needs to be signed.
