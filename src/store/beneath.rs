@@ -33,9 +33,9 @@ static OPENAT2_MISSING: AtomicBool = AtomicBool::new(false);
 /// docs). `flags` are the access mode and status flags; `O_CLOEXEC` and `O_NOFOLLOW` are
 /// always added. `O_CREAT` and `O_TMPFILE` are not supported (no mode is passed).
 pub fn open_beneath(root: &File, relative: &Path, flags: i32) -> io::Result<File> {
-    debug_assert_eq!(
-        flags & (libc::O_CREAT | libc::O_TMPFILE),
-        0,
+    // O_TMPFILE includes the O_DIRECTORY bit: only all of its bits mean a tmpfile.
+    debug_assert!(
+        flags & libc::O_CREAT == 0 && flags & libc::O_TMPFILE != libc::O_TMPFILE,
         "no mode is passed"
     );
     if !OPENAT2_MISSING.load(Ordering::Relaxed) {
@@ -203,6 +203,17 @@ mod tests {
     use std::os::unix::fs::symlink;
 
     type Open = fn(&File, &Path, i32) -> io::Result<File>;
+
+    /// `O_DIRECTORY` is a bit of `O_TMPFILE`: opening a directory beneath the root must
+    /// not trip the no-mode check (it did, in debug builds, for the hostile suite).
+    #[test]
+    fn a_directory_opens_beneath_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        let root = File::open(dir.path()).unwrap();
+        let opened = open_beneath(&root, Path::new("sub"), libc::O_RDONLY | libc::O_DIRECTORY);
+        assert!(opened.unwrap().metadata().unwrap().is_dir());
+    }
 
     /// Both variants: the one this kernel uses and the fallback for kernels without
     /// openat2 (on such a kernel the first is the fallback as well).
