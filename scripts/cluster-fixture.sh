@@ -291,6 +291,9 @@ osd heartbeat interval = 1
 osd heartbeat grace = 6
 mon data avail warn = 2
 mon data avail crit = 1
+# Daemons talk to the monitor in "secure" mode only by default, which needs cephx session
+# keys: without cephx radosgw never connects (send_auth_request ... returned -13).
+ms mon client mode = crc
 [mon]
 mon data = $ceph_dir/\$name
 [mgr]
@@ -459,6 +462,8 @@ cmd_up() {
     secret_key=$(random_hex 20)
     declare -p pg_port mon_port_v2 mon_port_v1 rgw_port pg_owner pg_password pg_url fsid \
         access_key secret_key >"$state"
+    # A failed start stops what it started and keeps the logs (down DIR removes them).
+    trap 'status=$?; [ $status -eq 0 ] || { stop_all; say "up failed: daemons stopped, logs kept in $logs"; }' EXIT
     write_ceph_conf
     # Ceph first (its start is the long part), PostgreSQL while the OSDs boot.
     mon_up
@@ -471,6 +476,7 @@ cmd_up() {
     rgw_up
     wait_for ceph-mgr "$logs/mgr.x.log" "$run/mgr.x.pid" "$WAIT_S" mgr_available
     write_env
+    trap - EXIT
     say "up: ready in $((SECONDS - started)) s"
     print_services
 }
