@@ -268,6 +268,8 @@ mon host = [v2:127.0.0.1:$mon_port_v2,v1:127.0.0.1:$mon_port_v1]
 auth cluster required = none
 auth service required = none
 auth client required = none
+# (no cephx: the reclaim warning would keep the health at WARN)
+auth allow insecure global id reclaim = false
 keyring = $ceph_dir/keyring
 run dir = $run
 admin socket = $run/\$name.asok
@@ -289,6 +291,8 @@ mon osd min down reporters = 1
 mon osd reporter subtree level = osd
 osd heartbeat interval = 1
 osd heartbeat grace = 6
+# A restarted OSD backfills at full speed (the hdd default sleeps 0.1 s per recovery op).
+osd recovery sleep = 0
 mon data avail warn = 2
 mon data avail crit = 1
 # Daemons talk to the monitor in "secure" mode only by default, which needs cephx session
@@ -460,8 +464,12 @@ cmd_up() {
     fsid=$(cat /proc/sys/kernel/random/uuid)
     access_key=RBX$(random_hex 8 | tr a-f A-F)
     secret_key=$(random_hex 20)
-    declare -p pg_port mon_port_v2 mon_port_v1 rgw_port pg_owner pg_password pg_url fsid \
-        access_key secret_key >"$state"
+    # Plain assignments: sourced inside a function they still set globals.
+    local name
+    for name in pg_port mon_port_v2 mon_port_v1 rgw_port pg_owner pg_password pg_url fsid \
+        access_key secret_key; do
+        printf '%s=%q\n' "$name" "${!name}"
+    done >"$state"
     # A failed start stops what it started and keeps the logs (down DIR removes them).
     trap 'status=$?; [ $status -eq 0 ] || { stop_all; say "up failed: daemons stopped, logs kept in $logs"; }' EXIT
     write_ceph_conf
