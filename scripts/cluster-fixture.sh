@@ -173,6 +173,8 @@ start_daemon() { # name command...
     shift
     "$@" </dev/null >>"$logs/$name.stderr" 2>&1 &
     echo $! >"$run/$name.pid"
+    # Not a job of this shell: no "Killed" line from bash when down or a failed up kills it.
+    disown $!
 }
 
 # Polls `command` every 0.2 s until it succeeds; a daemon that exits or a deadline passed
@@ -215,7 +217,8 @@ pg_up() {
     pg_owner=$(pg_user)
     # The server user must reach DIR/pg through DIR (a test's tempdir is 0700).
     chmod o+x "$dir"
-    as_pg test -x "$dir" || die "postgresql: user $pg_owner cannot reach $dir (a parent directory is closed to it)"
+    as_pg test -x "$dir" ||
+        die "postgresql: user $pg_owner cannot reach $dir (a parent directory is closed to it)"
     install -d -m 700 -o "$pg_owner" "$pg_dir"
     as_pg "$PG_BIN/initdb" -D "$pg_data" -U postgres --auth-local=trust \
         --auth-host=scram-sha-256 -E UTF8 --locale=C --no-sync >"$logs/initdb.log" 2>&1 ||
@@ -369,7 +372,8 @@ osd_mkfs_start() { # N
     rm -rf "$ceph_dir/osd.$id"
     mkdir -p "$ceph_dir/osd.$id"
     ceph-osd -c "$conf" -i "$id" --mkfs --osd-uuid "$(cat "$ceph_dir/osd.$id.uuid")" \
-        >>"$logs/mkfs.log" 2>&1 || fail_service "ceph-osd.$id" "$logs/mkfs.log" "ceph-osd --mkfs failed"
+        >>"$logs/mkfs.log" 2>&1 ||
+        fail_service "ceph-osd.$id" "$logs/mkfs.log" "ceph-osd --mkfs failed"
     start_daemon "osd.$id" ceph-osd -c "$conf" -i "$id" -f
 }
 
@@ -388,7 +392,9 @@ s = json.load(sys.stdin)
 sys.exit(0 if s["num_up_osds"] == s["num_osds"] == int(sys.argv[1]) else 1)' "$OSD_COUNT"
 }
 
-rgw_answers() { [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$rgw_port/")" = 200 ]; }
+rgw_answers() {
+    [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$rgw_port/")" = 200 ]
+}
 
 # S3 call signed with the fixture's user (curl's SigV4).
 s3_curl() { # curl args...
@@ -423,16 +429,26 @@ all_pidfiles() {
 print_services() {
     local down=0 pidfile name
     line() { printf '%-12s %-8s %-60s log %s\n' "$1" "$2" "$3" "$4"; }
-    if pg_running; then line postgresql up "$pg_url" "$pg_log"; else line postgresql down "$pg_url" "$pg_log"; down=1; fi
+    if pg_running; then
+        line postgresql up "$pg_url" "$pg_log"
+    else
+        line postgresql down "$pg_url" "$pg_log"
+        down=1
+    fi
     for pidfile in $(all_pidfiles); do
         name=$(basename "$pidfile" .pid)
         local address
         case $name in
         mon.*) address="v2:127.0.0.1:$mon_port_v2 v1:127.0.0.1:$mon_port_v1" ;;
-        client.rgw.*) address="http://127.0.0.1:$rgw_port bucket=$BUCKET access_key=$access_key secret_key=$secret_key" ;;
+        client.rgw.*)
+            address="http://127.0.0.1:$rgw_port bucket=$BUCKET"
+            address+=" access_key=$access_key secret_key=$secret_key"
+            ;;
         *) address="(ceph -c $conf)" ;;
         esac
-        if pid_alive "$pidfile"; then line "$name" up "$address" "$logs/$name.log"; else
+        if pid_alive "$pidfile"; then
+            line "$name" up "$address" "$logs/$name.log"
+        else
             line "$name" down "$address" "$logs/$name.log"
             down=1
         fi
@@ -453,6 +469,11 @@ RHINOBOX_S3_CLUSTER_REGION=$REGION
 RHINOBOX_CEPH_CONF=$conf
 EOF
     mv "$env_file.tmp" "$env_file"
+}
+
+up_failed() {
+    stop_all
+    say "up failed: daemons stopped, logs kept in $logs (down $dir removes them)"
 }
 
 cmd_up() {
@@ -486,7 +507,7 @@ cmd_up() {
         printf '%s=%q\n' "$name" "${!name}"
     done >"$state"
     # A failed start stops what it started and keeps the logs (down DIR removes them).
-    trap 'status=$?; [ $status -eq 0 ] || { stop_all; say "up failed: daemons stopped, logs kept in $logs"; }' EXIT
+    trap 'status=$?; [ $status -eq 0 ] || up_failed' EXIT
     write_ceph_conf
     # Ceph first (its start is the long part), PostgreSQL while the OSDs boot.
     mon_up
@@ -529,7 +550,8 @@ stop_all() {
     local deadline=$((SECONDS + 20))
     for pidfile in $(all_pidfiles); do
         while pid_alive "$pidfile"; do
-            [ "$SECONDS" -lt "$deadline" ] || die "down: $(basename "$pidfile" .pid) (pid $(cat "$pidfile")) does not exit"
+            [ "$SECONDS" -lt "$deadline" ] ||
+                die "down: $(basename "$pidfile" .pid) (pid $(cat "$pidfile")) does not exit"
             sleep 0.1
         done
     done
