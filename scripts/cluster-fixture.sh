@@ -7,7 +7,8 @@
 #   install          apt-get installs what is missing (postgresql-15; ceph-mon, ceph-mgr,
 #                    ceph-osd, radosgw); runs apt-get update only when a package is unknown
 #   check            exit 0 when everything `up` needs is installed, else name what is not
-#   up DIR           starts both in DIR (created; idempotent: a running fixture is kept),
+#   up DIR           starts both in DIR (created; idempotent: a fixture whose daemons all
+#                    run is kept, one with a daemon down is made anew),
 #                    prints one line per service and writes DIR/cluster.env (KEY=value:
 #                    RHINOBOX_PG_URL, RHINOBOX_S3_CLUSTER_URL, ..._ACCESS_KEY, ..._SECRET_KEY,
 #                    ..._BUCKET, ..._REGION, RHINOBOX_CEPH_CONF) for tests to source
