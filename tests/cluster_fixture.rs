@@ -93,8 +93,18 @@ fn fixture_serves_postgresql_and_rgw_and_survives_its_failures() {
 
     cluster.kill_osd(1);
     let bucket_path = format!("/{}", sigv4::encode_segment(&cluster.bucket));
-    let response = s3_get(&cluster, &cluster.s3_credentials, &bucket_path, "list-type=2");
-    assert_eq!(response.status, 200, "ListObjects, osd.1 down: {}", response.text());
+    let response = s3_get(
+        &cluster,
+        &cluster.s3_credentials,
+        &bucket_path,
+        "list-type=2",
+    );
+    assert_eq!(
+        response.status,
+        200,
+        "ListObjects, osd.1 down: {}",
+        response.text()
+    );
     cluster.start_osd(1);
 
     cluster.pg_stop();

@@ -65,8 +65,8 @@ impl Cluster {
             let _ = run_script(&["down", path_str(dir.path())]);
             panic!("cluster-fixture up failed:\n{}", output_text(&output));
         }
-        let text = std::fs::read_to_string(dir.path().join("cluster.env"))
-            .expect("up writes cluster.env");
+        let text =
+            std::fs::read_to_string(dir.path().join("cluster.env")).expect("up writes cluster.env");
         let env = parse_env(&text);
         let get = |key: &str| {
             env.get(key)
