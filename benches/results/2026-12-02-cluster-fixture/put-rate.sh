@@ -30,7 +30,8 @@ n = $count; s = $3 - $2; cpu = $5 - $4
 print(f'$1: {n} PUTs of 4 KiB, 8 in flight: {s:.2f} s, {n / s:.0f} PUTs/s, '
       f'server CPU {cpu:.2f} s ({cpu * 1000 / n:.2f} ms per PUT); codes: $6')"
 }
-echo "# $(date -Is) $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg), ceph $(ceph --version | cut -d' ' -f3)"
+echo "# $(date -Is) $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)," \
+    "ceph $(ceph --version | cut -d' ' -f3)"
 run_id=$(date +%s)
 # curl: warm-up of 200, then the measured run.
 for phase in warm run; do
@@ -42,7 +43,8 @@ for phase in warm run; do
     done >"$work/$phase.curl"
     cpu0=$(server_cpu_s)
     start=$(date +%s.%N)
-    curl -sS --no-progress-meter --parallel --parallel-max 8 --aws-sigv4 "aws:amz:$RHINOBOX_S3_CLUSTER_REGION:s3" \
+    curl -sS --no-progress-meter --parallel --parallel-max 8 \
+        --aws-sigv4 "aws:amz:$RHINOBOX_S3_CLUSTER_REGION:s3" \
         -u "$RHINOBOX_S3_CLUSTER_ACCESS_KEY:$RHINOBOX_S3_CLUSTER_SECRET_KEY" \
         -H 'x-amz-content-sha256: UNSIGNED-PAYLOAD' -o /dev/null -w '%{http_code}\n' \
         -K "$work/$phase.curl" >"$work/$phase.codes"

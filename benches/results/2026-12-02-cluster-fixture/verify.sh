@@ -24,7 +24,8 @@ timed() { # label command...
     python3 -c "print('TIME $label: %.2f s' % ($end - $start))" >&2
 }
 echo "# $(date -Is), $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "# $(ceph --version 2>/dev/null || echo 'ceph not yet installed'); $(psql --version); $(aws --version 2>&1)"
+echo "# $(ceph --version 2>/dev/null || echo 'ceph not yet installed');" \
+    "$(psql --version); $(aws --version 2>&1)"
 timed install "$fixture" install
 timed up "$fixture" up "$dir"
 set -a
@@ -59,7 +60,8 @@ cmp "$work/obj.bin" "$work/got.bin" && echo "PUT + GET of 1 MiB: bytes equal"
 rc=0
 s3 put-object --bucket verify --key a/obj.bin --body "$work/obj.bin" --if-none-match '*' \
     >"$work/inm.out" 2>&1 || rc=$?
-echo "aws-cli put-object --if-none-match '*' on the existing key: exit $rc: $(tail -1 "$work/inm.out")"
+echo "aws-cli put-object --if-none-match '*' on the existing key:" \
+    "exit $rc: $(tail -1 "$work/inm.out")"
 python3 - <<'PY'
 import os, boto3, botocore
 c = boto3.client("s3", endpoint_url=os.environ["RHINOBOX_S3_CLUSTER_URL"])
@@ -101,10 +103,11 @@ for pidfile in "$dir"/run/*.pid; do
     printf '%-14s %7d KiB\n' "$(basename "$pidfile" .pid)" "$(ps -o rss= -p "$pid")"
 done
 postmaster=$(head -1 "$dir/pg/data/postmaster.pid")
-printf '%-14s %7d KiB (postmaster); %d KiB summed over it and its %d children (shared memory counted in each)\n' \
+children_kib=$(ps -o rss= --ppid "$postmaster" | awk '{s += $1} END {print s + 0}')
+printf '%-14s %7d KiB (postmaster); %d KiB summed over it and its %d children %s\n' \
     postgresql "$(ps -o rss= -p "$postmaster")" \
-    "$(( $(ps -o rss= -p "$postmaster") + $(ps -o rss= --ppid "$postmaster" | awk '{s += $1} END {print s + 0}') ))" \
-    "$(ps --no-headers --ppid "$postmaster" | wc -l)"
+    "$(($(ps -o rss= -p "$postmaster") + children_kib))" \
+    "$(ps --no-headers --ppid "$postmaster" | wc -l)" "(shared memory counted in each)"
 ceph -c "$RHINOBOX_CEPH_CONF" -s | grep -E 'health:|osd:|pgs:'
 
 echo "== 4 KiB PUT rate (after the restarted OSD's backfill: every PG active+clean)"
@@ -117,4 +120,6 @@ ceph -c "$RHINOBOX_CEPH_CONF" pg stat
 
 timed down "$fixture" down "$dir"
 left=$(pgrep -f -- "$dir" | grep -vxc "$$" || true)
-echo "after down: $left process(es) naming $dir; directory $( [ -e "$dir" ] && echo present || echo gone)"
+state=gone
+[ ! -e "$dir" ] || state=present
+echo "after down: $left process(es) naming $dir; directory $state"
