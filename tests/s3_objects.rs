@@ -677,3 +677,51 @@ fn buckets_objects_and_metadata_survive_a_restart_and_verify_is_clean() {
         lines.join("\n")
     );
 }
+
+/// A listed object's LastModified is not before the moment its PutObject was sent:
+/// `aws s3 sync` uploads a local file again when its mtime is later than the listed time,
+/// so a time cut to the second made every file written in the same second look newer
+/// (the second sync of `aws_cli_copies_syncs_and_removes_objects` uploaded again).
+#[test]
+fn listed_time_is_not_before_the_put() {
+    let (_daemon, addr) = start_with_s3();
+    expect_status(&s3_request(addr, "PUT", "times"), 200, "CreateBucket");
+    for n in 0..5 {
+        // Away from a whole second, where a cut time would still compare equal.
+        while std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_millis()
+            < 100
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let before = std::time::SystemTime::now();
+        let key = format!("times/k{n}");
+        s3_put(addr, &key, &[], b"x");
+        let listed = SignedRequest {
+            method: "GET",
+            target: "times",
+            query: &format!("list-type=2&prefix=k{n}"),
+            headers: &[],
+            body: b"",
+        }
+        .send(addr);
+        expect_status(&listed, 200, "ListObjectsV2");
+        let text = xml_field(&listed.text(), "LastModified");
+        let time = humantime::parse_rfc3339_weak(&text)
+            .unwrap_or_else(|e| panic!("LastModified {text:?}: {e}"));
+        let before_ms = before
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis();
+        let listed_ms = time
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis();
+        assert!(
+            listed_ms >= before_ms,
+            "{key} listed at {text}, put sent {before_ms} ms after the epoch"
+        );
+    }
+}

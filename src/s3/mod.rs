@@ -641,7 +641,10 @@ fn new_record(
         etag,
         content_type,
         meta,
-        last_modified: crate::store::metadata::now_rfc3339(),
+        // Milliseconds, as S3 lists them: `aws s3 sync` uploads a file again when its
+        // mtime is later than the object's time, and a time cut to the second is earlier
+        // than the mtime of a file written in the same second.
+        last_modified: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
     }
 }
 
