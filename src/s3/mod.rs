@@ -997,8 +997,8 @@ impl S3 for Front {
                         let _ = std::fs::remove_file(file);
                     }
                 }
-                Err(part) => {
-                    if let Some(file) = part.own_file() {
+                Err(place) => {
+                    if let multipart::Place::Own(file) = place {
                         let _ = std::fs::remove_file(file);
                     }
                     return Err(s3_error!(NoSuchUpload));

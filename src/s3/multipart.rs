@@ -298,12 +298,12 @@ impl Uploads {
         Ok(Some(Reserved { assembly, number }))
     }
 
-    /// Adds a received part; the part it replaces, or this one when the upload is gone
-    /// (the caller removes their own files).
-    pub fn add_part(&self, id: &str, number: i32, part: Part) -> Result<Option<Part>, Part> {
+    /// Adds a received part; the part it replaces, or this one's place when the upload
+    /// is gone (the caller removes their own files).
+    pub fn add_part(&self, id: &str, number: i32, part: Part) -> Result<Option<Part>, Place> {
         match self.lock().get_mut(id) {
             Some(upload) => Ok(upload.parts.insert(number, part)),
-            None => Err(part),
+            None => Err(part.place),
         }
     }
 
@@ -1047,7 +1047,8 @@ mod tests {
         let all_there = Shape::InPlace { copy_last: false };
         let (yes, no) = (true, false);
         // (layout S, part sizes, which parts at their place, shape, hash merged)
-        let cases: Vec<(u64, Vec<u64>, Vec<bool>, Shape, bool)> = vec![
+        type Case = (u64, Vec<u64>, Vec<bool>, Shape, bool);
+        let cases: Vec<Case> = vec![
             (
                 pow2,
                 vec![pow2, pow2, 100],
