@@ -124,6 +124,9 @@ async fn commit_now(
                 staged: match &file.content {
                     Content::Memory { chunks, .. } => Staged::Memory(chunks),
                     Content::Tmp { path, .. } => Staged::Tmp(path),
+                    Content::At { .. } => {
+                        unreachable!("the native ingest receives to its own tmp files only")
+                    }
                 },
             }
         })

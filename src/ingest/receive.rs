@@ -20,7 +20,9 @@
 //!
 //! The last write and the close of a tmp file run as a task of their own, so the parser
 //! moves on to the next part while the disk work finishes; the commit waits for every such
-//! task first. The request's [`TmpFiles`] guard knows every tmp path before the file can
+//! task first. A caller may instead name a range of a file it owns ([`Destination::At`]:
+//! a multipart part at its place); such a file is never the guard's to remove. The
+//! request's [`TmpFiles`] guard knows every tmp path before the file can
 //! exist, so a failed or cancelled request leaves nothing in `.tmp`; a handful are removed
 //! before the reply, more on the [`Reaper`](crate::store::tmp::Reaper) thread, never stalling the core.
 //!
@@ -54,6 +56,29 @@ pub enum Content {
         path: PathBuf,
         written: Option<JoinHandle<std::io::Result<u64>>>,
     },
+    /// At an offset in a file the caller owns ([`Destination::At`]), complete once
+    /// `written` resolves.
+    At {
+        path: PathBuf,
+        offset: u64,
+        written: Option<JoinHandle<std::io::Result<u64>>>,
+    },
+}
+
+/// Where a received file's bytes go.
+#[derive(Debug, Clone)]
+pub enum Destination {
+    /// A small file stays in memory (while the core's budget allows), a large one goes to
+    /// a new tmp file of its own, registered with the request's [`TmpFiles`]: the native
+    /// ingest and S3 PutObject.
+    OwnTmp,
+    /// From `offset` on in the file at `path`, which others write too (a multipart
+    /// upload's assembly file, see `s3::multipart`). Never kept in memory, whatever its
+    /// size: the caller asked for the bytes at their place, and writing a short body there
+    /// at once is simpler than writing it from memory later. The file is not the
+    /// request's: the [`TmpFiles`] guard does not know it and a failure leaves it (with
+    /// garbage in the range) to its owner.
+    At { path: PathBuf, offset: u64 },
 }
 
 /// A file received in full.
@@ -171,48 +196,53 @@ async fn next_chunk_releasing(
     }
 }
 
-/// Streams one file in, hashing and sniffing it on the way.
+/// What [`receive_file`] streamed in.
+struct Streamed {
+    hasher: blake3::Hasher,
+    head: Vec<u8>,
+    size: u64,
+    staged: Staged,
+    writer: Option<(PathBuf, FileWriter)>,
+}
+
+/// Streams one file in, hashing and sniffing it on the way, to `destination`.
 pub async fn receive_file(
     ctx: &IngestContext,
     source: &mut impl ChunkSource,
     original_name: String,
     part_content_type: Option<String>,
     tmp_files: &mut TmpFiles,
+    destination: &Destination,
 ) -> Result<ReceivedFile, ApiError> {
     let slot = acquire_job_slot(ctx).await?;
     let write_error = |e: std::io::Error| ApiError::storage("cannot write tmp file", &e);
-    let stage_bytes_max = ctx.limits.io_small_buffer_bytes;
-    let mut hasher = blake3::Hasher::new();
-    let mut head: Vec<u8> = Vec::new();
-    let mut size = 0u64;
-    let mut staged = Staged::default();
-    let mut writer: Option<(PathBuf, FileWriter)> = None;
-    while let Some(chunk) =
-        next_chunk_releasing(ctx, source, writer.as_mut().map(|(_, w)| w)).await?
-    {
-        hasher.update(&chunk);
-        if head.len() < SNIFF_BYTES {
-            let take = (SNIFF_BYTES - head.len()).min(chunk.len());
-            head.extend_from_slice(&chunk[..take]);
+    let mut streamed = Streamed {
+        hasher: blake3::Hasher::new(),
+        head: Vec::new(),
+        size: 0,
+        staged: Staged::default(),
+        writer: None,
+    };
+    if let Err(e) = stream_in(ctx, source, tmp_files, destination, &mut streamed).await {
+        // A file shared with other writers must see no write of this one after the
+        // failure is reported: its owner may use the file as soon as this range is free.
+        if let (Destination::At { .. }, Some((_, writer))) = (destination, streamed.writer) {
+            writer.abandon().await;
         }
-        size += chunk.len() as u64;
-        let holds_buffer = writer
-            .as_ref()
-            .is_some_and(|(_, w)| w.buffer_taken_at().is_some());
-        if !holds_buffer && staged.bytes + chunk.len() <= stage_bytes_max {
-            staged.bytes += chunk.len();
-            staged.chunks.push(chunk);
-            continue;
-        }
-        let (_, w) = writer.get_or_insert_with(|| start_tmp(ctx, tmp_files));
-        staged.write_into(w).await.map_err(write_error)?;
-        w.write(&chunk).await.map_err(write_error)?;
+        return Err(e);
     }
+    let Streamed {
+        hasher,
+        head,
+        size,
+        mut staged,
+        writer,
+    } = streamed;
     let detected = sniff::detect(&head, part_content_type.as_deref(), &original_name);
     let hash = *hasher.finalize().as_bytes();
-    let lease = match writer {
-        None => ctx.memory_files.try_lease(staged.bytes),
-        Some(_) => None,
+    let lease = match (writer.as_ref(), destination) {
+        (None, Destination::OwnTmp) => ctx.memory_files.try_lease(staged.bytes),
+        _ => None,
     };
     let content = match (writer, lease) {
         (None, Some(lease)) => {
@@ -223,21 +253,34 @@ pub async fn receive_file(
             }
         }
         (writer, _) => {
-            let (path, mut w) = writer.unwrap_or_else(|| start_tmp(ctx, tmp_files));
-            staged.write_into(&mut w).await.map_err(write_error)?;
+            let (path, mut w) = writer.unwrap_or_else(|| start_writer(ctx, tmp_files, destination));
+            if let Err(e) = staged.write_into(&mut w).await {
+                if let Destination::At { .. } = destination {
+                    w.abandon().await;
+                }
+                return Err(write_error(e));
+            }
             let cancelled = tmp_files.cancelled();
+            let owned = matches!(destination, Destination::OwnTmp);
             let task_path = path.clone();
             let written = tokio::task::spawn_local(async move {
                 let result = w.finish().await;
-                if cancelled.get() {
+                if owned && cancelled.get() {
                     let _ = std::fs::remove_file(&task_path);
                 }
                 drop(slot);
                 result
             });
-            Content::Tmp {
-                path,
-                written: Some(written),
+            match destination {
+                Destination::OwnTmp => Content::Tmp {
+                    path,
+                    written: Some(written),
+                },
+                Destination::At { offset, .. } => Content::At {
+                    path,
+                    offset: *offset,
+                    written: Some(written),
+                },
             }
         }
     };
@@ -250,18 +293,71 @@ pub async fn receive_file(
     })
 }
 
-fn start_tmp(ctx: &IngestContext, tmp_files: &mut TmpFiles) -> (PathBuf, FileWriter) {
-    let path = ctx.next_tmp_path();
-    tmp_files.add(path.clone());
-    let writer = ctx.io.create_new(path.clone());
-    (path, writer)
+/// The chunks of `source` into `streamed`: hashed, the head kept, staged in memory until
+/// a small buffer's worth, then through a writer to `destination`.
+async fn stream_in(
+    ctx: &IngestContext,
+    source: &mut impl ChunkSource,
+    tmp_files: &mut TmpFiles,
+    destination: &Destination,
+    streamed: &mut Streamed,
+) -> Result<(), ApiError> {
+    let write_error = |e: std::io::Error| ApiError::storage("cannot write tmp file", &e);
+    let stage_bytes_max = ctx.limits.io_small_buffer_bytes;
+    let Streamed {
+        hasher,
+        head,
+        size,
+        staged,
+        writer,
+    } = streamed;
+    while let Some(chunk) =
+        next_chunk_releasing(ctx, source, writer.as_mut().map(|(_, w)| w)).await?
+    {
+        hasher.update(&chunk);
+        if head.len() < SNIFF_BYTES {
+            let take = (SNIFF_BYTES - head.len()).min(chunk.len());
+            head.extend_from_slice(&chunk[..take]);
+        }
+        *size += chunk.len() as u64;
+        let holds_buffer = writer
+            .as_ref()
+            .is_some_and(|(_, w)| w.buffer_taken_at().is_some());
+        if !holds_buffer && staged.bytes + chunk.len() <= stage_bytes_max {
+            staged.bytes += chunk.len();
+            staged.chunks.push(chunk);
+            continue;
+        }
+        let (_, w) = writer.get_or_insert_with(|| start_writer(ctx, tmp_files, destination));
+        staged.write_into(w).await.map_err(write_error)?;
+        w.write(&chunk).await.map_err(write_error)?;
+    }
+    Ok(())
+}
+
+/// A writer to `destination`; a new tmp path is registered with `tmp_files` first.
+fn start_writer(
+    ctx: &IngestContext,
+    tmp_files: &mut TmpFiles,
+    destination: &Destination,
+) -> (PathBuf, FileWriter) {
+    match destination {
+        Destination::OwnTmp => {
+            let path = ctx.next_tmp_path();
+            tmp_files.add(path.clone());
+            let writer = ctx.io.create_new(path.clone());
+            (path, writer)
+        }
+        Destination::At { path, offset } => (path.clone(), ctx.io.write_at(path.clone(), *offset)),
+    }
 }
 
 /// Waits for the tmp files of a request to be complete; checks their sizes.
 pub async fn wait_written(files: &mut [ReceivedFile]) -> Result<(), ApiError> {
     for file in files.iter_mut() {
-        let Content::Tmp { written, .. } = &mut file.content else {
-            continue;
+        let written = match &mut file.content {
+            Content::Tmp { written, .. } | Content::At { written, .. } => written,
+            Content::Memory { .. } => continue,
         };
         let Some(task) = written.take() else {
             continue;
@@ -270,7 +366,8 @@ pub async fn wait_written(files: &mut [ReceivedFile]) -> Result<(), ApiError> {
             .await
             .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
             .map_err(|e| ApiError::storage("cannot write tmp file", &e))?;
-        // Invariant: the bytes on disk are the bytes hashed.
+        // Invariant: the bytes on disk are the bytes hashed (writers count the bytes they
+        // wrote, not the offset they ended at, so this holds for `Content::At` too).
         assert_eq!(
             written, file.size,
             "tmp file size differs from bytes received"

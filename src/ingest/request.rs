@@ -23,7 +23,7 @@ use super::IngestContext;
 use super::commit::{Annotations, IngestResponse, commit};
 use super::multipart::{Event, MultipartLimits, MultipartParser, boundary_of};
 use super::naming::parse_disposition;
-use super::receive::{ChunkSource, ReceivedFile, TmpFiles, receive_file};
+use super::receive::{ChunkSource, Destination, ReceivedFile, TmpFiles, receive_file};
 use crate::api::errors::ApiError;
 
 /// Parts handled between two voluntary yields: a request of many tiny parts, all in the
@@ -229,6 +229,7 @@ pub async fn handle_post(
                     original_name,
                     head.content_type,
                     &mut tmp_files,
+                    &Destination::OwnTmp,
                 )
                 .await?;
                 files.push(file);
@@ -283,7 +284,15 @@ pub async fn handle_put(
         .map(str::to_string);
     let mut body = BodyReader::new(request.into_body(), &ctx);
     let mut tmp_files = TmpFiles::new(ctx.reaper.clone());
-    let file = receive_file(&ctx, &mut body, file_name, part_type, &mut tmp_files).await?;
+    let file = receive_file(
+        &ctx,
+        &mut body,
+        file_name,
+        part_type,
+        &mut tmp_files,
+        &Destination::OwnTmp,
+    )
+    .await?;
     let stored = commit(ctx.clone(), vec![file], annotations, tmp_files).await?;
     Ok(IngestResponse { stored })
 }

@@ -704,6 +704,7 @@ impl S3 for Front {
                 declared: &declared,
                 trailers: trailers.as_ref(),
                 extra: receive::Extra::default(),
+                destination: receive::Destination::OwnTmp,
             };
             let received = receive::receive(&ctx, incoming, &mut tmp_files).await?;
             let file = &received.file;
@@ -895,6 +896,7 @@ impl S3 for Front {
             meta: meta_of(input.metadata),
             initiated: SystemTime::now(),
             parts: BTreeMap::new(),
+            assembly: None,
         })?;
         Ok(S3Response::new(CreateMultipartUploadOutput {
             bucket: Some(input.bucket),
@@ -916,25 +918,45 @@ impl S3 for Front {
         let declared = declared!(req.headers, input);
         let trailers = req.trailing_headers;
         let (upload_id, number, body) = (input.upload_id, input.part_number, input.body);
+        let declared_bytes = input.content_length.map(|len| len as u64);
         let extra = receive::Extra {
-            subtree: input
-                .content_length
-                .and_then(|len| tree_hash::part_hasher(number, len as u64)),
+            subtree: declared_bytes.and_then(|len| tree_hash::part_hasher(number, len)),
             head_bytes: if number == 1 { SNIFF_BYTES } else { 0 },
+            body_bytes_max: None,
         };
         let (etag, checksums) = on_core(move |ctx| async move {
             let mut tmp_files = TmpFiles::new(ctx.reaper.clone());
+            // The part's range of the assembly file, held until the part is registered
+            // (or has failed): no other request writes it meanwhile, and Complete does
+            // not take the file for the object while it is held.
+            let reserved =
+                UPLOADS.reserve(&upload_id, number, declared_bytes, || ctx.next_tmp_path())?;
+            let (destination, body_bytes_max) = match &reserved {
+                Some(r) => (
+                    receive::Destination::At {
+                        path: r.assembly.path.clone(),
+                        offset: r.offset(),
+                    },
+                    Some(r.assembly.part_bytes),
+                ),
+                None => (receive::Destination::OwnTmp, None),
+            };
             let incoming = receive::Incoming {
                 body,
                 name: "part",
                 content_type: None,
                 declared: &declared,
                 trailers: trailers.as_ref(),
-                extra,
+                extra: receive::Extra {
+                    body_bytes_max,
+                    ..extra
+                },
+                destination,
             };
             let received = receive::receive(&ctx, incoming, &mut tmp_files).await?;
-            let tmp = match receive::memory_chunks(&received.file) {
-                Some(chunks) => {
+            let place = match (&reserved, receive::memory_chunks(&received.file)) {
+                (Some(_), _) => multipart::Place::Assembly,
+                (None, Some(chunks)) => {
                     let path = ctx.store.blobs.next_tmp_path();
                     tmp_files.add(path.clone());
                     ctx.store
@@ -947,14 +969,16 @@ impl S3 for Front {
                                 &e,
                             ))
                         })?;
-                    path
+                    multipart::Place::Own(path)
                 }
-                None => receive::tmp_path(&received.file)
-                    .expect("not in memory")
-                    .to_path_buf(),
+                (None, None) => multipart::Place::Own(
+                    receive::tmp_path(&received.file)
+                        .expect("not in memory")
+                        .to_path_buf(),
+                ),
             };
             let part = Part {
-                tmp,
+                place,
                 size: received.file.size,
                 md5: received.md5,
                 hash: received.file.hash,
@@ -968,14 +992,18 @@ impl S3 for Front {
             let etag = part.etag();
             // The part file now belongs to the upload.
             tmp_files.disarm();
-            match UPLOADS.add_part(&upload_id, number, part) {
+            let outcome = UPLOADS.add_part(&upload_id, number, part);
+            drop(reserved);
+            match outcome {
                 Ok(replaced) => {
-                    if let Some(old) = replaced {
-                        let _ = std::fs::remove_file(&old.tmp);
+                    if let Some(file) = replaced.as_ref().and_then(Part::own_file) {
+                        let _ = std::fs::remove_file(file);
                     }
                 }
-                Err(file) => {
-                    let _ = std::fs::remove_file(&file);
+                Err(place) => {
+                    if let multipart::Place::Own(file) = place {
+                        let _ = std::fs::remove_file(file);
+                    }
                     return Err(s3_error!(NoSuchUpload));
                 }
             }
@@ -1008,7 +1036,7 @@ impl S3 for Front {
         let (bucket, key, upload_id) = (input.bucket, input.key, input.upload_id);
         let upload = UPLOADS.take(&upload_id, &bucket, &key)?;
         let checked = multipart::chosen_parts(&upload, &listed).map(|parts| {
-            let plan = multipart::Plan::of(&parts, &listed);
+            let plan = multipart::Plan::of(&upload, &parts, &listed);
             (plan, multipart::multipart_etag(&parts))
         });
         let (plan, etag) = match checked {
@@ -1069,8 +1097,10 @@ impl S3 for Front {
         .await;
         match result {
             Ok(stored) => {
-                for part in upload.parts.values() {
-                    let _ = std::fs::remove_file(&part.tmp);
+                // The assembly file, if any, goes with `upload` (the object keeps its own
+                // name of those bytes).
+                for file in upload.parts.values().filter_map(Part::own_file) {
+                    let _ = std::fs::remove_file(file);
                 }
                 let output = CompleteMultipartUploadOutput {
                     bucket: Some(bucket.clone()),
@@ -1095,8 +1125,10 @@ impl S3 for Front {
     ) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
         let input = req.input;
         let upload = UPLOADS.take(&input.upload_id, &input.bucket, &input.key)?;
-        for part in upload.parts.values() {
-            let _ = std::fs::remove_file(&part.tmp);
+        // The assembly file goes with the last reference to it (a part still being
+        // written holds one).
+        for file in upload.parts.values().filter_map(Part::own_file) {
+            let _ = std::fs::remove_file(file);
         }
         Ok(S3Response::new(AbortMultipartUploadOutput::default()))
     }

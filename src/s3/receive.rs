@@ -15,6 +15,7 @@ use s3s::{S3Error, S3ErrorCode, S3Result, TrailingHeaders, s3_error};
 
 use crate::api::errors::ApiError;
 use crate::ingest::IngestContext;
+pub use crate::ingest::receive::Destination;
 use crate::ingest::receive::{
     ChunkSource, Content, ReceivedFile, TmpFiles, receive_file, wait_written,
 };
@@ -38,6 +39,9 @@ pub struct Extra {
     pub subtree: Option<(u64, blake3::Hasher)>,
     /// Keep this many first bytes.
     pub head_bytes: usize,
+    /// Refuse a body longer than this (EntityTooLarge) besides the upload limit: a part
+    /// written at its place in a shared file must not run into the next part's range.
+    pub body_bytes_max: Option<u64>,
 }
 
 /// What the client declared about the body.
@@ -167,6 +171,8 @@ pub struct Incoming<'a> {
     pub declared: &'a Declared,
     pub trailers: Option<&'a TrailingHeaders>,
     pub extra: Extra,
+    /// Where a large body goes (a multipart part at its place, or a tmp file of its own).
+    pub destination: Destination,
 }
 
 /// Receives a body (on the core), then checks the declared digests. On error nothing is
@@ -183,21 +189,33 @@ pub async fn receive(
         declared,
         trailers,
         extra,
+        destination,
     } = incoming;
     let body = body.unwrap_or_else(|| StreamingBlob::from(s3s::Body::empty()));
     let mut source = BlobSource {
         body,
         md5: Md5::new(),
         checksums: declared.hasher(),
-        extra,
         head: Vec::new(),
         idle: ctx.limits.body_idle_timeout,
         seen_bytes: 0,
-        limit_bytes: ctx.limits.upload_size_bytes_max,
+        limit_bytes: extra
+            .body_bytes_max
+            .unwrap_or(u64::MAX)
+            .min(ctx.limits.upload_size_bytes_max),
+        extra,
     };
-    let mut file = receive_file(ctx, &mut source, name.to_string(), content_type, tmp_files)
-        .await
-        .map_err(s3_error_of)?;
+    let name = name.to_string();
+    let mut file = receive_file(
+        ctx,
+        &mut source,
+        name,
+        content_type,
+        tmp_files,
+        &destination,
+    )
+    .await
+    .map_err(s3_error_of)?;
     wait_written(std::slice::from_mut(&mut file))
         .await
         .map_err(s3_error_of)?;
@@ -228,14 +246,15 @@ pub async fn receive(
 pub fn memory_chunks(file: &ReceivedFile) -> Option<&[Bytes]> {
     match &file.content {
         Content::Memory { chunks, .. } => Some(chunks),
-        Content::Tmp { .. } => None,
+        Content::Tmp { .. } | Content::At { .. } => None,
     }
 }
 
+/// The tmp file of its own a received body is in, if it is in one.
 pub fn tmp_path(file: &ReceivedFile) -> Option<&std::path::Path> {
     match &file.content {
         Content::Tmp { path, .. } => Some(path),
-        Content::Memory { .. } => None,
+        Content::Memory { .. } | Content::At { .. } => None,
     }
 }
 

@@ -101,14 +101,27 @@ impl ThreadsIo {
     /// A writer for a new file at `path`; the file is created by the first flush, so a
     /// small file is one pool job (open, write, close).
     pub fn create_new(&self, path: PathBuf) -> ThreadsWriter {
+        self.writer(path, true, 0)
+    }
+
+    /// A writer of bytes from `start_offset` on (`pwrite`) in the file at `path`, created
+    /// when it does not exist yet (O_CREAT without O_EXCL): other writers may write other
+    /// ranges of it at the same time.
+    pub fn write_at(&self, path: PathBuf, start_offset: u64) -> ThreadsWriter {
+        self.writer(path, false, start_offset)
+    }
+
+    fn writer(&self, path: PathBuf, exclusive: bool, start_offset: u64) -> ThreadsWriter {
         ThreadsWriter {
             io: self.clone(),
             path: Arc::new(path),
+            exclusive,
             file: None,
             buffer: Vec::new(),
             buffer_permit: None,
             taken_at: None,
-            offset: 0,
+            start_offset,
+            offset: start_offset,
         }
     }
 }
@@ -117,13 +130,17 @@ impl ThreadsIo {
 pub struct ThreadsWriter {
     io: ThreadsIo,
     path: Arc<PathBuf>,
-    /// Created (O_EXCL) by the first flush.
+    /// O_EXCL (a file of its own) or not (a file shared with writers of other ranges).
+    exclusive: bool,
+    /// Opened (O_CREAT, O_EXCL when `exclusive`) by the first flush.
     file: Option<Arc<File>>,
     /// Grows with the file up to `buffer_bytes`, so small files stay small in memory.
     buffer: Vec<u8>,
     buffer_permit: Option<OwnedSemaphorePermit>,
     /// When `buffer_permit` was taken.
     taken_at: Option<Instant>,
+    /// File offset of the first byte written (0 for a new file).
+    start_offset: u64,
     offset: u64,
 }
 
@@ -154,6 +171,7 @@ impl ThreadsWriter {
         let file = self.file.clone();
         let path = self.path.clone();
         let offset = self.offset;
+        let exclusive = self.exclusive;
         let written = buffer.len() as u64;
         let (file, buffer) = self
             .io
@@ -164,7 +182,8 @@ impl ThreadsWriter {
                     None => Arc::new(
                         OpenOptions::new()
                             .write(true)
-                            .create_new(true)
+                            .create(!exclusive)
+                            .create_new(exclusive)
                             .mode(0o644)
                             .open(&*path)?,
                     ),
@@ -200,11 +219,13 @@ impl ThreadsWriter {
         Ok(())
     }
 
+    /// Writes what is buffered; the bytes this writer wrote (for a
+    /// [`ThreadsIo::write_at`] writer, not its end offset).
     pub async fn finish(mut self) -> io::Result<u64> {
         // Flush even when nothing was written: a zero-byte file exists too.
         if !self.buffer.is_empty() || self.file.is_none() {
             self.flush().await?;
         }
-        Ok(self.offset)
+        Ok(self.offset - self.start_offset)
     }
 }

@@ -75,19 +75,41 @@ impl UringIo {
     /// A writer for a new file at `path`; the file is created with the first write to
     /// disk, so a small file costs one open, one write and one close, all in `finish`.
     pub fn create_new(&self, path: PathBuf) -> UringWriter {
+        self.writer(path, Opening::CreateNew, 0)
+    }
+
+    /// A writer of bytes from `start_offset` on in the file at `path`, created when it does
+    /// not exist yet (O_CREAT without O_EXCL): other writers may write other ranges of it
+    /// at the same time. Bytes outside the range written are left as they are.
+    pub fn write_at(&self, path: PathBuf, start_offset: u64) -> UringWriter {
+        self.writer(path, Opening::Existing, start_offset)
+    }
+
+    fn writer(&self, path: PathBuf, opening: Opening, start_offset: u64) -> UringWriter {
         UringWriter {
             io: self.clone(),
             path,
+            opening,
+            start_offset,
             buffered: None,
             direct: None,
             direct_unsupported: false,
             filling: None,
             taken_at: None,
             filled: 0,
-            offset: 0,
+            offset: start_offset,
             in_flight: VecDeque::new(),
         }
     }
+}
+
+/// How a writer opens its file.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Opening {
+    /// O_CREAT|O_EXCL: a file of its own.
+    CreateNew,
+    /// O_CREAT: a file shared with other writers (each its own range).
+    Existing,
 }
 
 /// A write in flight. It gives its buffer back to the pool the moment the kernel is done
@@ -99,7 +121,10 @@ type WriteTask = JoinHandle<io::Result<()>>;
 pub struct UringWriter {
     io: UringIo,
     path: PathBuf,
-    /// Opened (O_CREAT|O_EXCL) on the first write to disk.
+    opening: Opening,
+    /// File offset of the first byte written (0 for a new file).
+    start_offset: u64,
+    /// Opened (O_CREAT, with O_EXCL for a new file) on the first write to disk.
     buffered: Option<Rc<File>>,
     direct: Option<Rc<File>>,
     direct_unsupported: bool,
@@ -164,12 +189,13 @@ impl UringWriter {
     }
 
     /// How full the buffer being filled gets before it is written: all of it, except past
-    /// the first buffer at an unaligned offset (after a release), where it fills only up to
-    /// the next 4096-byte boundary so that the buffers after it can go out with O_DIRECT.
+    /// the first buffer at an unaligned offset (after a release, or when the writer started
+    /// at an unaligned offset), where it fills only up to the next 4096-byte boundary so
+    /// that the buffers after it can go out with O_DIRECT.
     fn fill_max(&self) -> usize {
         let cap = self.filling.as_ref().map_or(0, |b| b.len());
         let misalignment = (self.offset % ALIGN_BYTES as u64) as usize;
-        if self.offset > 0 && misalignment != 0 {
+        if self.offset > self.start_offset && misalignment != 0 {
             (ALIGN_BYTES - misalignment).min(cap)
         } else {
             cap
@@ -177,7 +203,7 @@ impl UringWriter {
     }
 
     fn next_capacity(&self) -> usize {
-        if self.offset == 0 || !self.offset.is_multiple_of(ALIGN_BYTES as u64) {
+        if self.offset == self.start_offset || !self.offset.is_multiple_of(ALIGN_BYTES as u64) {
             self.io.small_bytes
         } else {
             self.io.large_bytes
@@ -217,7 +243,8 @@ impl UringWriter {
         if self.buffered.is_none() {
             let file = std::fs::OpenOptions::new()
                 .write(true)
-                .create_new(true)
+                .create(self.opening == Opening::Existing)
+                .create_new(self.opening == Opening::CreateNew)
                 .mode(0o644)
                 .custom_flags(libc::O_CLOEXEC)
                 .open(&self.path)?;
@@ -229,10 +256,13 @@ impl UringWriter {
     /// O_DIRECT for a full large buffer of a large file, else the page cache.
     async fn target_for(&mut self, buffer_bytes: usize) -> io::Result<Rc<File>> {
         let buffered = self.buffered_file().await?;
-        // O_DIRECT needs an aligned file offset (a realigning buffer is small anyway).
+        // O_DIRECT needs an aligned file offset (a realigning buffer is small anyway); the
+        // buffer's length is a multiple of 4096 (a large buffer), so its end is aligned too
+        // and a direct write never touches a page that bytes outside this range share.
+        let written = self.offset - self.start_offset;
         let large = buffer_bytes == self.io.large_bytes
             && self.offset.is_multiple_of(ALIGN_BYTES as u64)
-            && self.offset + buffer_bytes as u64 >= self.io.direct_bytes_min;
+            && written + buffer_bytes as u64 >= self.io.direct_bytes_min;
         if !large || self.direct_unsupported {
             return Ok(buffered);
         }
@@ -255,6 +285,15 @@ impl UringWriter {
         Ok(self.direct.clone().expect("opened above"))
     }
 
+    /// Waits for every write in flight, ignoring their results; writes nothing more.
+    pub async fn abandon(mut self) {
+        while let Some(task) = self.in_flight.pop_front() {
+            let _ = task.await;
+        }
+    }
+
+    /// Writes what is buffered, closes the file; the bytes this writer wrote (for a
+    /// [`UringIo::write_at`] writer, not its end offset).
     pub async fn finish(mut self) -> io::Result<u64> {
         while !self.in_flight.is_empty() {
             self.wait_oldest().await?;
@@ -269,7 +308,7 @@ impl UringWriter {
                 .await;
             result?;
         }
-        let size = self.offset + self.filled as u64;
+        let size = self.offset + self.filled as u64 - self.start_offset;
         if let Some(direct) = self.direct.take() {
             close(direct).await?;
         }
