@@ -39,6 +39,7 @@ macro_rules! log_line {
 pub mod api;
 pub mod bench;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod ingest;
 pub mod s3;
