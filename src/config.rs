@@ -137,6 +137,41 @@ pub struct Args {
     #[arg(long, env = "RHINOBOX_S3_REGION", default_value = "us-east-1")]
     pub s3_region: String,
 
+    /// Cluster mode's metadata: `postgres://user:password@host:port/db` (SPEC §8); unset =
+    /// the local journal. Needs --blob-url as well.
+    #[arg(long, env = "RHINOBOX_METADATA_URL", hide_env_values = true)]
+    pub metadata_url: Option<String>,
+
+    /// File holding the metadata URL (it carries a password); instead of --metadata-url.
+    #[arg(long, env = "RHINOBOX_METADATA_URL_FILE", value_parser = any_path())]
+    pub metadata_url_file: Option<PathBuf>,
+
+    /// Cluster mode's blobs: `s3://BUCKET?endpoint=http://HOST:PORT&region=R` (SPEC §8);
+    /// unset = the local tree. Needs --metadata-url as well.
+    #[arg(long, env = "RHINOBOX_BLOB_URL")]
+    pub blob_url: Option<String>,
+
+    /// Access key id for --blob-url.
+    #[arg(long, env = "RHINOBOX_BLOB_ACCESS_KEY")]
+    pub blob_access_key: Option<String>,
+
+    /// Secret key for --blob-url (or --blob-secret-key-file).
+    #[arg(long, env = "RHINOBOX_BLOB_SECRET_KEY", hide_env_values = true)]
+    pub blob_secret_key: Option<String>,
+
+    /// File holding the blob secret key; instead of --blob-secret-key.
+    #[arg(long, env = "RHINOBOX_BLOB_SECRET_KEY_FILE", value_parser = any_path())]
+    pub blob_secret_key_file: Option<PathBuf>,
+
+    /// Seconds an uncommitted or emptied blob is kept before reclaim removes it (cluster
+    /// mode). Also bounds one upload: it must commit within half of it.
+    #[arg(long, env = "RHINOBOX_RECLAIM_GRACE_S", default_value = "3600")]
+    pub reclaim_grace_s: String,
+
+    /// Seconds between two reclaim passes of a node (cluster mode).
+    #[arg(long, env = "RHINOBOX_RECLAIM_INTERVAL_S", default_value = "60")]
+    pub reclaim_interval_s: String,
+
     /// `auto`, `uring` (io_uring, registered buffers) or `threads` (blocking I/O pool).
     #[arg(long, env = "RHINOBOX_IO_ENGINE", default_value = "auto")]
     pub io_engine: String,
@@ -299,6 +334,8 @@ pub struct Config {
     pub api_token: Option<String>,
     /// The S3-compatible API, when RHINOBOX_S3_ADDR is set.
     pub s3: Option<S3Config>,
+    /// Cluster mode (SPEC §8), when RHINOBOX_METADATA_URL and RHINOBOX_BLOB_URL are set.
+    pub cluster: Option<crate::cluster::ClusterSettings>,
     pub limits: Limits,
     /// Settings that are allowed but most likely a mistake: `main` prints each as one
     /// `rhinobox: warning:` line before the start.
@@ -325,6 +362,100 @@ impl std::fmt::Debug for S3Config {
             .field("region", &self.region)
             .finish_non_exhaustive()
     }
+}
+
+const RECLAIM_GRACE_S: NumberSetting = NumberSetting {
+    names: "RHINOBOX_RECLAIM_GRACE_S/--reclaim-grace-s",
+    what: "a whole number of seconds",
+    min: 2,
+    max: 30 * 24 * 3600,
+};
+const RECLAIM_INTERVAL_S: NumberSetting = NumberSetting {
+    names: "RHINOBOX_RECLAIM_INTERVAL_S/--reclaim-interval-s",
+    what: "a whole number of seconds",
+    min: 1,
+    max: 24 * 3600,
+};
+/// Connections per node to the blob cluster: a pack PUT or a read holds one; 64 keep
+/// packs, large uploads (4 parts each) and downloads going at once.
+const BLOB_CONNECTIONS_MAX: usize = 64;
+
+/// Cluster mode: both URLs and the blob key pair, or none of them.
+fn parse_cluster(args: &Args) -> Result<Option<crate::cluster::ClusterSettings>, ConfigError> {
+    let metadata_url = SecretSetting {
+        value_names: "RHINOBOX_METADATA_URL/--metadata-url",
+        file_names: "RHINOBOX_METADATA_URL_FILE/--metadata-url-file",
+    }
+    .resolve(args.metadata_url.clone(), args.metadata_url_file.as_deref())?;
+    let blob_secret = SecretSetting {
+        value_names: "RHINOBOX_BLOB_SECRET_KEY/--blob-secret-key",
+        file_names: "RHINOBOX_BLOB_SECRET_KEY_FILE/--blob-secret-key-file",
+    }
+    .resolve(
+        args.blob_secret_key.clone(),
+        args.blob_secret_key_file.as_deref(),
+    )?;
+    let (metadata_url, blob_url) = match (metadata_url, &args.blob_url) {
+        (None, None) => return Ok(None),
+        (Some(m), Some(b)) => (m, b.clone()),
+        (Some(_), None) | (None, Some(_)) => {
+            return Err(ConfigError(
+                "RHINOBOX_METADATA_URL/--metadata-url and RHINOBOX_BLOB_URL/--blob-url:                  cluster mode needs both (PostgreSQL for the records, an S3 cluster for                  the blobs); one without the other is not supported yet"
+                    .into(),
+            ));
+        }
+    };
+    if !metadata_url.starts_with("postgres://") && !metadata_url.starts_with("postgresql://") {
+        return Err(ConfigError(
+            "RHINOBOX_METADATA_URL/--metadata-url: expected postgres://USER:PASSWORD@HOST:PORT/DB"
+                .into(),
+        ));
+    }
+    let (bucket, endpoint, host, region) =
+        crate::cluster::blob_client::parse_blob_url(&blob_url)
+            .map_err(|why| ConfigError(format!("RHINOBOX_BLOB_URL/--blob-url: {why}")))?;
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(&host)
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .ok_or_else(|| {
+            ConfigError(format!(
+                "RHINOBOX_BLOB_URL/--blob-url: cannot resolve the endpoint {host:?} (give                  HOST:PORT)"
+            ))
+        })?;
+    let access_key = match args.blob_access_key.as_deref().map(str::trim) {
+        Some(key) if !key.is_empty() => key.to_string(),
+        _ => {
+            return Err(ConfigError(
+                "RHINOBOX_BLOB_ACCESS_KEY/--blob-access-key: required with RHINOBOX_BLOB_URL"
+                    .into(),
+            ));
+        }
+    };
+    let Some(secret_key) = blob_secret else {
+        return Err(ConfigError(
+            "RHINOBOX_BLOB_SECRET_KEY/--blob-secret-key: required with RHINOBOX_BLOB_URL;              set it, or RHINOBOX_BLOB_SECRET_KEY_FILE/--blob-secret-key-file"
+                .into(),
+        ));
+    };
+    let grace_s = RECLAIM_GRACE_S.parse(&args.reclaim_grace_s)?;
+    let interval_s = RECLAIM_INTERVAL_S.parse(&args.reclaim_interval_s)?;
+    Ok(Some(crate::cluster::ClusterSettings {
+        metadata_url,
+        blob: crate::cluster::blob_client::BlobSettings {
+            bucket,
+            endpoint,
+            host,
+            addr,
+            credentials: crate::client::sigv4::Credentials {
+                access_key,
+                secret_key,
+                region,
+            },
+            connections_max: BLOB_CONNECTIONS_MAX,
+        },
+        reclaim_grace: Duration::from_secs(grace_s),
+        reclaim_interval: Duration::from_secs(interval_s),
+    }))
 }
 
 /// The S3 settings: all of addr, access key and secret, or none (a key without the
@@ -707,6 +838,14 @@ impl Config {
         }
         .resolve(args.api_token.clone(), args.api_token_file.as_deref())?;
         let s3 = parse_s3(&args, addr, &mut warnings)?;
+        let cluster = parse_cluster(&args)?;
+        if cluster.is_some() && s3.is_some() {
+            return Err(ConfigError(
+                "RHINOBOX_S3_ADDR/--s3-addr: the S3 API does not run in cluster mode yet \
+                 (RHINOBOX_METADATA_URL and RHINOBOX_BLOB_URL are set); unset one of them"
+                    .into(),
+            ));
+        }
         let mut limits = Limits::with_defaults();
         limits.upload_size_bytes_max = upload_mb * 1024 * 1024;
         limits.parts_per_request_max = parts as usize;
@@ -723,6 +862,7 @@ impl Config {
             io_engine,
             api_token,
             s3,
+            cluster,
             limits,
             warnings,
         })

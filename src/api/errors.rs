@@ -64,7 +64,14 @@ impl ApiError {
     pub fn storage(context: &str, error: &io::Error) -> ApiError {
         let status = match error.raw_os_error() {
             Some(libc::ENOSPC) | Some(libc::EDQUOT) => StatusCode::INSUFFICIENT_STORAGE,
-            _ if error.kind() == io::ErrorKind::TimedOut => StatusCode::SERVICE_UNAVAILABLE,
+            // A bounded wait that ran out, or a cluster engine that does not answer.
+            _ if matches!(
+                error.kind(),
+                io::ErrorKind::TimedOut | io::ErrorKind::NotConnected
+            ) =>
+            {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError::new(status, format!("{context}: {error}"))
@@ -73,6 +80,16 @@ impl ApiError {
     /// A store operation that failed: [`ApiError::storage`] of what it was doing.
     pub fn from_store(error: crate::store::StoreError) -> ApiError {
         ApiError::storage(error.context, &error.error)
+    }
+
+    /// A cluster engine that does not answer is 503 (with Retry-After), a refusal 500.
+    pub fn from_cluster(error: crate::cluster::ClusterError) -> ApiError {
+        match error {
+            crate::cluster::ClusterError::Unavailable(why) => ApiError::overloaded(why),
+            crate::cluster::ClusterError::Failed(why) => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, why)
+            }
+        }
     }
 
     pub fn into_response(self) -> Response<Body> {

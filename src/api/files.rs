@@ -84,6 +84,14 @@ pub async fn serve_file(
     request: &Request<Incoming>,
     endpoint: FileEndpoint,
 ) -> Result<Response<Body>, ApiError> {
+    if let Some(cluster) = &ctx.store.cluster {
+        let located = cluster_lookup(ctx, cluster, request).await?;
+        let record = located.record.clone();
+        let size = record.size;
+        let last_modified = last_modified_of(&record.uploaded_at, UNIX_EPOCH);
+        let source = Source::Cluster(cluster.clone(), located);
+        return respond(request, endpoint, &record, size, last_modified, source).await;
+    }
     let (file, opened) = select_and_open(ctx, request).await?;
     let record = file.record();
     if opened.size_bytes != record.size {
@@ -96,12 +104,37 @@ pub async fn serve_file(
         ));
     }
     let last_modified = last_modified_of(&record.uploaded_at, opened.modified);
+    let size = opened.size_bytes;
+    let source = Source::Local(opened.reader);
+    respond(request, endpoint, &record, size, last_modified, source).await
+}
+
+/// Where the bytes of a response come from.
+enum Source {
+    /// A file of this node, opened.
+    Local(FileReader),
+    /// An object range in the blob cluster.
+    Cluster(
+        Arc<crate::cluster::Cluster>,
+        crate::cluster::metadata::Located,
+    ),
+}
+
+/// The response for a stored file of `size` bytes: validators, conditionals, range, body.
+async fn respond(
+    request: &Request<Incoming>,
+    endpoint: FileEndpoint,
+    record: &crate::store::journal::FileRecord,
+    size: u64,
+    last_modified: SystemTime,
+    source: Source,
+) -> Result<Response<Body>, ApiError> {
     let validators = Validators {
         etag: format!("\"{}\"", record.hash),
         last_modified_s: unix_seconds(last_modified),
     };
     let is_get = request.method() == Method::GET;
-    let selection = select(request.headers(), &validators, opened.size_bytes, is_get);
+    let selection = select(request.headers(), &validators, size, is_get);
     let mut builder = Response::builder()
         .header(header::ETAG, &validators.etag)
         .header(
@@ -121,13 +154,10 @@ pub async fn serve_file(
         Selection::Unsatisfiable => {
             let mut response = ApiError::new(
                 StatusCode::RANGE_NOT_SATISFIABLE,
-                format!(
-                    "range not satisfiable: the file has {} bytes",
-                    opened.size_bytes
-                ),
+                format!("range not satisfiable: the file has {size} bytes"),
             )
             .into_response();
-            let content_range = format!("bytes */{}", opened.size_bytes);
+            let content_range = format!("bytes */{size}");
             response.headers_mut().insert(
                 header::CONTENT_RANGE,
                 HeaderValue::from_str(&content_range).expect("digits are a valid header"),
@@ -136,13 +166,12 @@ pub async fn serve_file(
         }
         Selection::Full => {
             builder = builder.status(StatusCode::OK);
-            (0, opened.size_bytes)
+            (0, size)
         }
         Selection::Partial { start, end } => {
-            builder = builder.status(StatusCode::PARTIAL_CONTENT).header(
-                header::CONTENT_RANGE,
-                format!("bytes {start}-{end}/{}", opened.size_bytes),
-            );
+            builder = builder
+                .status(StatusCode::PARTIAL_CONTENT)
+                .header(header::CONTENT_RANGE, format!("bytes {start}-{end}/{size}"));
             (start, end - start + 1)
         }
     };
@@ -161,11 +190,73 @@ pub async fn serve_file(
             "default-src 'none'; sandbox",
         );
     let body = if is_get && length > 0 {
-        FileBody::spawn(opened.reader, start, length).boxed_unsync()
+        match source {
+            Source::Local(reader) => FileBody::spawn(reader, start, length).boxed_unsync(),
+            Source::Cluster(cluster, located) => {
+                let cluster_ = cluster.clone();
+                cluster
+                    .run(async move {
+                        crate::cluster::protocol::read(&cluster_, &located, start, length).await
+                    })
+                    .await
+                    .map_err(ApiError::from_cluster)?
+                    .boxed_unsync()
+            }
+        }
     } else {
         full_body(Bytes::new())
     };
     Ok(builder.body(body).expect("valid headers"))
+}
+
+/// Cluster mode: the record named by `?hash=` or `?path=`, from PostgreSQL.
+pub async fn cluster_lookup(
+    ctx: &IngestContext,
+    cluster: &Arc<crate::cluster::Cluster>,
+    request: &Request<Incoming>,
+) -> Result<crate::cluster::metadata::Located, ApiError> {
+    enum Key {
+        Hash(crate::store::index::Hash),
+        Path(String),
+    }
+    let _ = ctx;
+    let key = match (query_param(request, "hash"), query_param(request, "path")) {
+        (Some(hex), None) => Key::Hash(parse_hash(&hex).ok_or_else(|| {
+            ApiError::bad_request("invalid hash: expected 64 hexadecimal digits (BLAKE3)")
+        })?),
+        (None, Some(path)) => {
+            check_path(&path)?;
+            Key::Path(path)
+        }
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request("give either hash or path, not both"));
+        }
+        (None, None) => {
+            return Err(ApiError::bad_request(
+                "missing query parameter hash or path",
+            ));
+        }
+    };
+    let cluster_ = cluster.clone();
+    let (found, named) = cluster
+        .run(async move {
+            match key {
+                Key::Hash(hash) => {
+                    let hex = blake3::Hash::from_bytes(hash).to_hex().to_string();
+                    Ok((
+                        cluster_.metadata.by_hash(&hash).await?,
+                        format!("hash {hex}"),
+                    ))
+                }
+                Key::Path(path) => {
+                    let found = cluster_.metadata.by_path(&path).await?;
+                    Ok((found, path))
+                }
+            }
+        })
+        .await
+        .map_err(ApiError::from_cluster)?;
+    found.ok_or_else(|| ApiError::not_found(format!("no stored file with {named}")))
 }
 
 /// The stored file named by `?hash=` or `?path=` (exactly one of them), opened.

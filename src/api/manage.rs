@@ -30,10 +30,14 @@ pub const LIST_LIMIT_DEFAULT: usize = 50;
 pub const LIST_LIMIT_MAX: usize = 1000;
 
 /// `GET /files/metadata?hash=` (or `?path=`): the stored record.
-pub fn metadata(
+pub async fn metadata(
     ctx: &IngestContext,
     request: &Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
+    if let Some(cluster) = &ctx.store.cluster {
+        let located = crate::api::files::cluster_lookup(ctx, cluster, request).await?;
+        return Ok(json_response(StatusCode::OK, &located.record));
+    }
     let file = match (query_param(request, "hash"), query_param(request, "path")) {
         (Some(hash), None) => lookup_hash(ctx, &hash)?,
         (None, Some(path)) => {
@@ -127,6 +131,18 @@ pub async fn list(
     let category =
         filter_param(request, "category").map(|c| c.trim_matches('/').to_ascii_lowercase());
     let offset = (page - 1).saturating_mul(limit);
+    if let Some(cluster) = &store.cluster {
+        let filter = crate::cluster::metadata::Filter {
+            media_type,
+            category,
+            ..Default::default()
+        };
+        let result = cluster_page(cluster, filter, offset, limit).await?;
+        return Ok(json_response(
+            StatusCode::OK,
+            &json!({"files": result.files, "page": page, "limit": limit, "total": result.total}),
+        ));
+    }
     let body = scans
         .run(move || {
             let result = if media_type.is_none() && category.is_none() {
@@ -185,6 +201,27 @@ impl SearchFilter {
             from: time("from", false)?,
             to: time("to", true)?,
         })
+    }
+
+    /// The same filter for PostgreSQL. Record times are whole seconds, so `from` rounds
+    /// up and `to` rounds down to a second without changing what matches.
+    fn for_cluster(&self) -> crate::cluster::metadata::Filter {
+        let seconds = |t: SystemTime| {
+            t.duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| (d.as_secs() as i64, d.subsec_nanos() > 0))
+                .unwrap_or((0, false))
+        };
+        crate::cluster::metadata::Filter {
+            media_type: self.media_type.clone(),
+            category: None,
+            name: self.name.clone(),
+            ext: self.ext.clone(),
+            from_s: self.from.map(|t| {
+                let (s, fraction) = seconds(t);
+                s + i64::from(fraction)
+            }),
+            to_s: self.to.map(|t| seconds(t).0),
+        }
     }
 
     fn matches(&self, file: &StoredFile) -> bool {
@@ -254,6 +291,13 @@ pub async fn search(
 ) -> Result<Response<Body>, ApiError> {
     let filter = SearchFilter::parse(request)?;
     let limit = positive_param(request, "limit", LIST_LIMIT_MAX)?.min(LIST_LIMIT_MAX);
+    if let Some(cluster) = &store.cluster {
+        let result = cluster_page(cluster, filter.for_cluster(), 0, limit).await?;
+        return Ok(json_response(
+            StatusCode::OK,
+            &json!({"files": result.files, "total": result.total}),
+        ));
+    }
     let body = scans
         .run(move || {
             let result =
@@ -268,18 +312,34 @@ pub async fn search(
     Ok(json_response(StatusCode::OK, &body))
 }
 
-/// `GET /statistics`: what is stored now, and duplicates since start-up.
-pub fn statistics(store: &Store) -> Response<Body> {
-    let totals = store.metadata.index.totals();
-    let files: u64 = totals.iter().map(|(_, t)| t.files).sum();
-    let bytes: u64 = totals.iter().map(|(_, t)| t.bytes).sum();
+/// `GET /statistics`: what is stored now, and duplicates since start-up. In cluster mode
+/// the totals are the whole cluster's (PostgreSQL), the duplicates this node's.
+pub async fn statistics(store: &Store) -> Result<Response<Body>, ApiError> {
+    let totals: Vec<(String, u64, u64)> = match &store.cluster {
+        Some(cluster) => {
+            let cluster_ = cluster.clone();
+            cluster
+                .run(async move { Ok(cluster_.metadata.totals().await?) })
+                .await
+                .map_err(ApiError::from_cluster)?
+        }
+        None => store
+            .metadata
+            .index
+            .totals()
+            .into_iter()
+            .map(|(media_type, t)| (media_type, t.files, t.bytes))
+            .collect(),
+    };
+    let files: u64 = totals.iter().map(|t| t.1).sum();
+    let bytes: u64 = totals.iter().map(|t| t.2).sum();
     let by_media_type: serde_json::Map<String, Value> = totals
         .into_iter()
-        .map(|(media_type, t)| (media_type, json!({"files": t.files, "bytes": t.bytes})))
+        .map(|(media_type, files, bytes)| (media_type, json!({"files": files, "bytes": bytes})))
         .collect();
     let counters = &store.counters;
     let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
-    json_response(
+    Ok(json_response(
         StatusCode::OK,
         &json!({
             "files": files,
@@ -288,7 +348,26 @@ pub fn statistics(store: &Store) -> Response<Body> {
             "bytes_deduplicated": load(&counters.bytes_deduplicated_total),
             "by_media_type": by_media_type,
         }),
-    )
+    ))
+}
+
+/// Cluster mode: one page from PostgreSQL (see `cluster::metadata` for the indexes).
+async fn cluster_page(
+    cluster: &Arc<crate::cluster::Cluster>,
+    filter: crate::cluster::metadata::Filter,
+    offset: usize,
+    limit: usize,
+) -> Result<crate::cluster::metadata::Page, ApiError> {
+    let cluster_ = cluster.clone();
+    cluster
+        .run(async move {
+            Ok(cluster_
+                .metadata
+                .page(&filter, offset as u64, limit as u64)
+                .await?)
+        })
+        .await
+        .map_err(ApiError::from_cluster)
 }
 
 #[cfg(test)]

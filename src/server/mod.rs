@@ -207,8 +207,18 @@ fn start_cores(shared: &Arc<Shared>) -> Result<Cores, String> {
 /// Runs the daemon until a signal; returns the exit code.
 pub fn run(mut config: Config) -> Result<i32, StartError> {
     let started = std::time::Instant::now();
-    let (store, report) =
+    let (mut store, report) =
         Store::open(&config.data_dir, config.durability).map_err(|e| StartError(e.0))?;
+    if let Some(settings) = &config.cluster {
+        let (cluster, warnings) =
+            crate::cluster::Cluster::start(settings.clone()).map_err(StartError)?;
+        for warning in warnings {
+            crate::log_line!("rhinobox: warning: {warning}");
+        }
+        let cluster = Arc::new(cluster);
+        cluster.start_tasks();
+        store.cluster = Some(cluster);
+    }
     let (engine, pools_note) = choose_engine(&mut config, &store.blobs.tmp_dir)?;
     let backlog = listen_backlog(config.limits.connections_max);
     let listener = listen(&config, backlog)?;

@@ -242,14 +242,14 @@ async fn route(
         ("/files/stream", Method::GET | Method::HEAD) => {
             serve_file(&ctx, &request, FileEndpoint::Stream).await
         }
-        ("/files/metadata", Method::GET) => manage::metadata(&ctx, &request),
+        ("/files/metadata", Method::GET) => manage::metadata(&ctx, &request).await,
         ("/files/search", Method::GET) => {
             manage::search(shared.store.clone(), &shared.scans, &request).await
         }
         ("/files", Method::GET) => {
             manage::list(shared.store.clone(), &shared.scans, &request).await
         }
-        ("/statistics", Method::GET) => Ok(manage::statistics(&shared.store)),
+        ("/statistics", Method::GET) => manage::statistics(&shared.store).await,
         ("/files/download" | "/files/stream", _) => Ok(method_not_allowed("GET, HEAD")),
         ("/files/metadata" | "/files/search" | "/files" | "/statistics", _) => {
             Ok(method_not_allowed("GET"))

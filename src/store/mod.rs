@@ -82,6 +82,9 @@ pub struct Store {
     /// One directory per distinct file system of the data dir (synced at shutdown).
     sync_targets: Vec<File>,
     pub counters: Counters,
+    /// Cluster mode (SPEC §8): records in PostgreSQL, bytes in an S3 cluster; puts,
+    /// deletes and reads go there, and this node's own tree holds only `.tmp`.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
     /// Held for the life of the process: one daemon per data dir.
     _lock: File,
 }
@@ -140,6 +143,7 @@ impl Store {
             group_commit,
             sync_targets,
             counters: Counters::default(),
+            cluster: None,
             _lock: lock,
         };
         Ok((store, recovered.report))

@@ -189,6 +189,9 @@ impl Store {
         items: &[PutItem<'_>],
         tmp_files: &mut TmpFiles,
     ) -> Result<Vec<Stored>, StoreError> {
+        if let Some(cluster) = &self.cluster {
+            return self.put_in_cluster(io, cluster, items).await;
+        }
         let mut first_of: HashMap<Hash, usize> = HashMap::with_capacity(items.len());
         for (i, item) in items.iter().enumerate() {
             first_of.entry(item.hash).or_insert(i);
@@ -472,8 +475,62 @@ impl Store {
         stored
     }
 
+    /// Cluster mode's put (`crate::cluster::protocol`): the same items and answers; the
+    /// tmp files of large files are removed once their objects are written.
+    async fn put_in_cluster(
+        &self,
+        io: &CoreIo,
+        cluster: &Arc<crate::cluster::Cluster>,
+        items: &[PutItem<'_>],
+    ) -> Result<Vec<Stored>, StoreError> {
+        use crate::cluster::protocol::{Content, Item};
+        let cluster_items: Vec<Item> = items
+            .iter()
+            .map(|item| Item {
+                hash: item.hash,
+                record: item.record.clone(),
+                content: match &item.staged {
+                    Staged::Memory(chunks) => Content::Memory(chunks.to_vec()),
+                    Staged::Tmp(path) => Content::File(path.to_path_buf()),
+                },
+            })
+            .collect();
+        let outcomes = cluster
+            .put(cluster_items)
+            .await
+            .map_err(|e| StoreError::new("cannot store in the cluster", e.into()))?;
+        for item in items {
+            if let Staged::Tmp(path) = &item.staged {
+                // Best effort: the object is written; a tmp file left goes at the next start.
+                let _ = self.blobs.remove_tmp(io, path).await;
+            }
+        }
+        Ok(outcomes
+            .into_iter()
+            .map(|outcome| {
+                if outcome.duplicate {
+                    self.count_duplicate(outcome.record.size);
+                } else {
+                    self.count_ingested(outcome.record.size);
+                }
+                Stored {
+                    record: outcome.record,
+                    duplicate: outcome.duplicate,
+                }
+            })
+            .collect())
+    }
+
     /// Deletes the stored file of `hash` (see the module docs); `None` when not stored.
     pub async fn delete(&self, io: &CoreIo, hash: &Hash) -> Result<Option<FileRecord>, StoreError> {
+        if let Some(cluster) = &self.cluster {
+            let cluster_ = cluster.clone();
+            let hash = *hash;
+            return cluster
+                .run(async move { crate::cluster::protocol::delete(&cluster_, &hash).await })
+                .await
+                .map_err(|e| StoreError::new("cannot delete in the cluster", e.into()));
+        }
         let index = &self.metadata.index;
         let Some(file) = index.begin_delete(hash) else {
             return Ok(None);

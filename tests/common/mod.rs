@@ -58,6 +58,14 @@ const DAEMON_ENV: &[&str] = &[
     "RHINOBOX_S3_SECRET_KEY",
     "RHINOBOX_S3_SECRET_KEY_FILE",
     "RHINOBOX_S3_REGION",
+    "RHINOBOX_METADATA_URL",
+    "RHINOBOX_METADATA_URL_FILE",
+    "RHINOBOX_BLOB_URL",
+    "RHINOBOX_BLOB_ACCESS_KEY",
+    "RHINOBOX_BLOB_SECRET_KEY",
+    "RHINOBOX_BLOB_SECRET_KEY_FILE",
+    "RHINOBOX_RECLAIM_GRACE_S",
+    "RHINOBOX_RECLAIM_INTERVAL_S",
 ];
 
 /// The io engine this test target runs the daemon under: `threads` for the `*_threads`
