@@ -1,15 +1,96 @@
 //! The blob side of cluster mode: an S3 client for the blob cluster (SPEC §8; Ceph RGW,
 //! Garage, MinIO, AWS S3), on the cluster runtime (plain multi-thread tokio, `Send`
-//! futures). INTERFACE STUB: the bodies are being written; every call answers
-//! `Unavailable` until then.
+//! futures). Requests are HTTP/1.1 over hyper's connection API, path-style
+//! (`/{bucket}/{key}`, every key segment URI-encoded), signed with the crate's own SigV4
+//! signer in headers with `UNSIGNED-PAYLOAD`; bodies sent from memory carry `Content-MD5`,
+//! so the cluster refuses one that arrived damaged.
+//!
+//! # Pool
+//! A semaphore of `connections_max` permits bounds the open connections: a request holds
+//! a permit from before it takes a connection until its response was read to the end
+//! (for a GET, until the caller read the [`BlobBody`] to its end), so idle plus busy
+//! connections never exceed the bound and a full pool makes callers wait, at most
+//! [`POOL_WAIT`]. Idle connections wait in a list, newest last, and are reused after
+//! `ready()`; one that is closed, older than [`IDLE_AGE_MAX`], or whose response was not
+//! read to the end is dropped. A request that fails on a reused connection before its
+//! response head is sent once more on a new connection (the server may have closed the
+//! idle one at the moment it was taken); every body can be produced again for that.
+//!
+//! # Timeouts
+//! Every wait is bounded and ends in [`BlobError::Unavailable`] naming the endpoint and
+//! what failed: [`CONNECT_TIMEOUT`], [`RESPONSE_HEAD_TIMEOUT`] (which covers the upload of
+//! a request body too, since S3 servers answer after the body), [`POOL_WAIT`], and
+//! [`ANSWER_BODY_TIMEOUT`] for the small answers read into memory. A GET's body is
+//! streamed to the caller, whose own limits bound it.
+//!
+//! # Files
+//! `put_file` streams a file of at most [`SINGLE_PUT_SIZE_MAX_BYTES`] as one PUT; above,
+//! a multipart upload in parts of [`PART_SIZE_BYTES`], [`PARTS_IN_FLIGHT_MAX`] at a time,
+//! so that a large file neither rides on one connection for minutes (one failure would
+//! send it all again) nor needs more than a few chunks of memory; a failed (or dropped)
+//! upload is aborted so the cluster frees its parts. Bodies are read from the file in
+//! chunks of [`FILE_CHUNK_BYTES`] on the blocking pool, through a channel of one chunk:
+//! memory per body is O(chunk).
 
+use std::io;
 use std::net::SocketAddr;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::time::SystemTime;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
+use futures_util::{StreamExt, TryStreamExt};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper::header::{CONNECTION, CONTENT_LENGTH, ETAG, HOST, HeaderMap};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use md5::{Digest, Md5};
+use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::time::timeout;
 
-use crate::client::sigv4::Credentials;
+use crate::client::sigv4::{self, Credentials, Signing, UNSIGNED_PAYLOAD};
+
+/// A TCP connect (and HTTP handshake) within this, or the endpoint is down: on a cluster
+/// network a live host answers in milliseconds, and a caller should not hang on a dead one.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// The response head within this after the request started: it covers a PUT's body too
+/// (at most 64 MiB, or one part of 16 MiB), so the link must carry ≥ ~2.2 MB/s.
+const RESPONSE_HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// A free connection within this, or the cluster is too slow for the load: answer 503
+/// rather than let callers queue without bound.
+const POOL_WAIT: Duration = Duration::from_secs(5);
+/// The rest of a small answer (an error, a listing, a multipart reply) within this.
+const ANSWER_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Idle connections older than this are closed rather than reused: shorter than the
+/// keep-alive timeouts of the servers we talk to (RGW's beast 65 s, nginx 75 s, AWS ~20 s),
+/// so a reused connection is seldom one the server is closing.
+const IDLE_AGE_MAX: Duration = Duration::from_secs(15);
+/// Files up to this go up as one PUT: below it a multipart upload costs two extra round
+/// trips for nothing; above it a failure would send too much again.
+const SINGLE_PUT_SIZE_MAX_BYTES: u64 = 64 << 20;
+/// The part size of a multipart upload (S3 wants ≥ 5 MiB but the last): large enough that
+/// the per-part request is noise, small enough that 4 in flight stay modest.
+const PART_SIZE_BYTES: u64 = 16 << 20;
+/// S3's limit on the parts of one upload; a file above 160 GiB gets larger parts.
+const PARTS_MAX: u64 = 10_000;
+/// Parts sent at the same time: enough to fill a link whose latency one stream cannot
+/// hide, few enough not to take the whole pool from other callers.
+const PARTS_IN_FLIGHT_MAX: usize = 4;
+/// Read size of file bodies, and so (with a channel of one) their memory per body.
+const FILE_CHUNK_BYTES: u64 = 1 << 20;
+/// A listing of 1000 keys is ~350 KiB; this bounds what a broken server can make us hold.
+const LIST_BODY_MAX_BYTES: usize = 16 << 20;
+/// Error bodies and multipart replies are a few hundred bytes; more is read no further.
+const ANSWER_BODY_MAX_BYTES: usize = 64 << 10;
+/// S3's page size limit for ListObjectsV2.
+const LIST_KEYS_MAX: usize = 1000;
 
 /// Where the blob cluster is and how to sign for it: `s3://BUCKET?endpoint=URL&region=R`
 /// plus the key pair.
@@ -73,12 +154,22 @@ pub type BlobBody = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
 #[derive(Clone)]
 pub struct BlobClient {
     settings: std::sync::Arc<BlobSettings>,
+    pool: Arc<Pool>,
 }
 
 impl BlobClient {
     pub fn new(settings: BlobSettings) -> BlobClient {
+        assert!(
+            settings.connections_max > 0,
+            "a blob pool needs a connection"
+        );
+        let pool = Pool {
+            permits: Arc::new(Semaphore::new(settings.connections_max)),
+            idle: Mutex::new(Vec::with_capacity(settings.connections_max)),
+        };
         BlobClient {
             settings: std::sync::Arc::new(settings),
+            pool: Arc::new(pool),
         }
     }
 
@@ -88,43 +179,730 @@ impl BlobClient {
 
     /// HEAD of the bucket: reachable, keys accepted, bucket exists.
     pub async fn check_bucket(&self) -> Result<(), BlobError> {
-        Err(stub())
+        let call = Call::new(Method::HEAD, None);
+        let answer = self.exchange(&call, ANSWER_BODY_MAX_BYTES).await?;
+        let bucket = &self.settings.bucket;
+        let endpoint = &self.settings.endpoint;
+        match answer.status.as_u16() {
+            200..=299 => Ok(()),
+            404 => Err(BlobError::Rejected {
+                status: 404,
+                message: format!("bucket {bucket:?} does not exist at {endpoint}"),
+            }),
+            403 => Err(BlobError::Rejected {
+                status: 403,
+                message: format!(
+                    "the keys (access key {:?}) are refused for bucket {bucket:?} at \
+                     {endpoint}: a wrong secret, or no rights on the bucket",
+                    self.settings.credentials.access_key
+                ),
+            }),
+            _ => Err(self.status_error(&call, &answer)),
+        }
     }
 
     /// PUT of one object from memory.
-    pub async fn put(&self, _key: &str, _body: Bytes) -> Result<(), BlobError> {
-        Err(stub())
+    pub async fn put(&self, key: &str, body: Bytes) -> Result<(), BlobError> {
+        let mut call = Call::new(Method::PUT, Some(key));
+        call.headers.push(("content-md5", content_md5(&body)));
+        call.payload = Payload::Memory(body);
+        self.exchange_ok(&call).await.map(drop)
     }
 
     /// PUT of one object from a complete local file of `size` bytes: one streamed PUT
     /// up to a threshold, a multipart upload above it (memory O(part), aborted on error).
-    pub async fn put_file(&self, _key: &str, _path: &Path, _size: u64) -> Result<(), BlobError> {
-        Err(stub())
+    pub async fn put_file(&self, key: &str, path: &Path, size: u64) -> Result<(), BlobError> {
+        let file = std::fs::File::open(path).map_err(|e| {
+            BlobError::Unavailable(format!("the local file {} to send: {e}", path.display()))
+        })?;
+        let file = Arc::new(file);
+        let Some(parts) = part_layout(size) else {
+            let mut call = Call::new(Method::PUT, Some(key));
+            call.payload = Payload::File {
+                file,
+                offset: 0,
+                length: size,
+            };
+            return self.exchange_ok(&call).await.map(drop);
+        };
+        let upload_id = self.create_upload(key).await?;
+        let mut guard = AbortOnDrop {
+            client: self.clone(),
+            key: key.to_string(),
+            upload_id: Some(upload_id.clone()),
+        };
+        let outcome = async {
+            let etags = self.upload_parts(key, &upload_id, &file, parts).await?;
+            self.complete_upload(key, &upload_id, &etags).await
+        }
+        .await;
+        guard.upload_id = None;
+        if let Err(error) = outcome {
+            if let Err(abort) = self.abort_upload(key, &upload_id).await {
+                crate::log_line!("rhinobox: blob {key}: abort of upload {upload_id}: {abort}");
+            }
+            return Err(error);
+        }
+        Ok(())
     }
 
     /// GET of `length` bytes at `offset` (a Range request), streamed.
-    pub async fn get(&self, _key: &str, _offset: u64, _length: u64) -> Result<BlobBody, BlobError> {
-        Err(stub())
+    pub async fn get(&self, key: &str, offset: u64, length: u64) -> Result<BlobBody, BlobError> {
+        if length == 0 {
+            return Ok(Empty::new().map_err(|never| match never {}).boxed());
+        }
+        let Some(range) = range_header(offset, length) else {
+            return Err(BlobError::Rejected {
+                status: 416,
+                message: format!("{key}: {length} bytes at {offset} overflow (not sent)"),
+            });
+        };
+        let mut call = Call::new(Method::GET, Some(key));
+        call.headers.push(("range", range.clone()));
+        let (response, lease) = self.send(&call).await?;
+        let status = response.status();
+        if status == StatusCode::PARTIAL_CONTENT || (status == StatusCode::OK && offset == 0) {
+            let what = format!("{} {range}", self.describe(&call));
+            let sent = content_length(response.headers());
+            if sent.is_some_and(|sent| sent != length) {
+                let content_range = response.headers().get("content-range");
+                return Err(BlobError::Rejected {
+                    status: status.as_u16(),
+                    message: format!(
+                        "{what}: the cluster sends {sent:?} bytes (content-range \
+                         {content_range:?}), not {length}"
+                    ),
+                });
+            }
+            let reusable = keeps_alive(response.headers());
+            return Ok(BlobBody::new(CountedBody {
+                inner: response.into_body(),
+                lease: Some(lease),
+                reusable,
+                expected: length,
+                received: 0,
+                done: false,
+                what,
+            }));
+        }
+        let answer = read_answer(response, lease, ANSWER_BODY_MAX_BYTES).await;
+        let answer = answer.map_err(|why| self.unavailable(&self.describe(&call), why))?;
+        Err(self.status_error(&call, &answer))
     }
 
     /// DELETE; a missing key is success.
-    pub async fn delete(&self, _key: &str) -> Result<(), BlobError> {
-        Err(stub())
+    pub async fn delete(&self, key: &str) -> Result<(), BlobError> {
+        let call = Call::new(Method::DELETE, Some(key));
+        match self.exchange_ok(&call).await {
+            Ok(_) | Err(BlobError::NotFound) => Ok(()),
+            Err(error) => Err(error),
+        }
     }
 
     /// ListObjectsV2 under `prefix`, after `start_after`, at most `max_keys`.
     pub async fn list(
         &self,
-        _prefix: &str,
-        _start_after: Option<&str>,
-        _max_keys: usize,
+        prefix: &str,
+        start_after: Option<&str>,
+        max_keys: usize,
     ) -> Result<ListPage, BlobError> {
-        Err(stub())
+        assert!(
+            max_keys > 0,
+            "a listing of no keys cannot say where the next starts"
+        );
+        let mut call = Call::new(Method::GET, None);
+        call.query = vec![
+            ("list-type", "2".into()),
+            ("max-keys", max_keys.min(LIST_KEYS_MAX).to_string()),
+            ("prefix", prefix.into()),
+        ];
+        if let Some(after) = start_after {
+            call.query.push(("start-after", after.into()));
+        }
+        let answer = self.exchange(&call, LIST_BODY_MAX_BYTES).await?;
+        if !answer.status.is_success() {
+            return Err(self.status_error(&call, &answer));
+        }
+        let what = self.describe(&call);
+        if !answer.complete {
+            let why = format!("the listing is over {LIST_BODY_MAX_BYTES} bytes");
+            return Err(self.unavailable(&what, why));
+        }
+        let text = std::str::from_utf8(&answer.body)
+            .map_err(|_| self.unavailable(&what, "the listing is not UTF-8"))?;
+        parse_list(text).map_err(|why| self.unavailable(&what, format!("listing: {why}")))
+    }
+
+    /// CreateMultipartUpload: the upload id.
+    async fn create_upload(&self, key: &str) -> Result<String, BlobError> {
+        let mut call = Call::new(Method::POST, Some(key));
+        call.query = vec![("uploads", String::new())];
+        let answer = self.exchange_ok(&call).await?;
+        let text = String::from_utf8_lossy(&answer.body);
+        element(&text, "UploadId")
+            .and_then(|id| decode_entities(id).ok())
+            .filter(|id| !id.is_empty())
+            .ok_or_else(|| self.unavailable(&self.describe(&call), "no <UploadId> in the reply"))
+    }
+
+    /// Every part, a few at a time; their (number, ETag) in part order.
+    async fn upload_parts(
+        &self,
+        key: &str,
+        upload_id: &str,
+        file: &Arc<std::fs::File>,
+        parts: Vec<Part>,
+    ) -> Result<Vec<(u32, String)>, BlobError> {
+        let in_flight = PARTS_IN_FLIGHT_MAX.min(self.settings.connections_max);
+        let mut etags: Vec<(u32, String)> = futures_util::stream::iter(parts)
+            .map(|part| self.upload_part(key, upload_id, file, part))
+            .buffer_unordered(in_flight)
+            .try_collect()
+            .await?;
+        etags.sort_unstable_by_key(|(number, _)| *number);
+        Ok(etags)
+    }
+
+    async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        file: &Arc<std::fs::File>,
+        part: Part,
+    ) -> Result<(u32, String), BlobError> {
+        let mut call = Call::new(Method::PUT, Some(key));
+        call.query = vec![
+            ("partNumber", part.number.to_string()),
+            ("uploadId", upload_id.into()),
+        ];
+        call.payload = Payload::File {
+            file: file.clone(),
+            offset: part.offset,
+            length: part.length,
+        };
+        let answer = self.exchange_ok(&call).await?;
+        match answer.headers.get(ETAG).and_then(|v| v.to_str().ok()) {
+            Some(etag) => Ok((part.number, etag.to_string())),
+            None => Err(self.unavailable(&self.describe(&call), "no ETag on the part")),
+        }
+    }
+
+    async fn complete_upload(
+        &self,
+        key: &str,
+        upload_id: &str,
+        etags: &[(u32, String)],
+    ) -> Result<(), BlobError> {
+        let mut xml = String::from("<CompleteMultipartUpload>");
+        for (number, etag) in etags {
+            let etag = escape_xml(etag);
+            xml.push_str(&format!(
+                "<Part><PartNumber>{number}</PartNumber><ETag>{etag}</ETag></Part>"
+            ));
+        }
+        xml.push_str("</CompleteMultipartUpload>");
+        let body = Bytes::from(xml);
+        let mut call = Call::new(Method::POST, Some(key));
+        call.query = vec![("uploadId", upload_id.into())];
+        call.headers.push(("content-md5", content_md5(&body)));
+        call.payload = Payload::Memory(body);
+        let answer = self.exchange_ok(&call).await?;
+        // S3 may answer 200 and report a failure in the body (it sends the head early).
+        if String::from_utf8_lossy(&answer.body).contains("<Error>") {
+            let status = StatusCode::INTERNAL_SERVER_ERROR;
+            return Err(self.status_error(&call, &Answer { status, ..answer }));
+        }
+        Ok(())
+    }
+
+    async fn abort_upload(&self, key: &str, upload_id: &str) -> Result<(), BlobError> {
+        let mut call = Call::new(Method::DELETE, Some(key));
+        call.query = vec![("uploadId", upload_id.into())];
+        self.exchange_ok(&call).await.map(drop)
+    }
+
+    /// A request whose answer must be 2xx, read whole (small).
+    async fn exchange_ok(&self, call: &Call<'_>) -> Result<Answer, BlobError> {
+        let answer = self.exchange(call, ANSWER_BODY_MAX_BYTES).await?;
+        if !answer.status.is_success() {
+            return Err(self.status_error(call, &answer));
+        }
+        Ok(answer)
+    }
+
+    /// A request and its answer read into memory, at most `body_max_bytes`.
+    async fn exchange(&self, call: &Call<'_>, body_max_bytes: usize) -> Result<Answer, BlobError> {
+        let (response, lease) = self.send(call).await?;
+        read_answer(response, lease, body_max_bytes)
+            .await
+            .map_err(|why| self.unavailable(&self.describe(call), why))
+    }
+
+    /// Sends a request on a pooled connection: its response head and the lease that
+    /// holds the connection until the body is read.
+    async fn send(&self, call: &Call<'_>) -> Result<(Response<Incoming>, Lease), BlobError> {
+        let what = self.describe(call);
+        let permits = self.pool.permits.clone();
+        let permit = match timeout(POOL_WAIT, permits.acquire_owned()).await {
+            Ok(Ok(permit)) => permit,
+            _ => {
+                let max = self.settings.connections_max;
+                let why = format!("no free connection of {max} within {POOL_WAIT:?}");
+                return Err(self.unavailable(&what, why));
+            }
+        };
+        let mut idle_allowed = true;
+        loop {
+            let idle = if idle_allowed {
+                self.pool.take_idle().await
+            } else {
+                None
+            };
+            let reused = idle.is_some();
+            let mut sender = match idle {
+                Some(sender) => sender,
+                None => self.connect(&what).await?,
+            };
+            let request = self.request(call)?;
+            match timeout(RESPONSE_HEAD_TIMEOUT, sender.send_request(request)).await {
+                Ok(Ok(response)) => {
+                    let pool = self.pool.clone();
+                    let sender = Some(sender);
+                    return Ok((
+                        response,
+                        Lease {
+                            pool,
+                            sender,
+                            _permit: permit,
+                        },
+                    ));
+                }
+                // The server closed the idle connection as we took it: once more, new.
+                Ok(Err(error)) if reused && !error.is_user() => idle_allowed = false,
+                Ok(Err(error)) => return Err(self.unavailable(&what, error_chain(&error))),
+                Err(_) => {
+                    let why = format!("no response within {RESPONSE_HEAD_TIMEOUT:?}");
+                    return Err(self.unavailable(&what, why));
+                }
+            }
+        }
+    }
+
+    async fn connect(&self, what: &str) -> Result<Sender, BlobError> {
+        let addr = self.settings.addr;
+        let fail = |why: String| self.unavailable(what, format!("connect to {addr}: {why}"));
+        let stream = match timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(error)) => return Err(fail(error.to_string())),
+            Err(_) => return Err(fail(format!("no answer within {CONNECT_TIMEOUT:?}"))),
+        };
+        // Requests are small writes answered at once: Nagle would only add latency.
+        stream
+            .set_nodelay(true)
+            .map_err(|e| fail(format!("TCP_NODELAY: {e}")))?;
+        let (sender, connection) =
+            match timeout(CONNECT_TIMEOUT, http1::handshake(TokioIo::new(stream))).await {
+                Ok(Ok(pair)) => pair,
+                Ok(Err(error)) => return Err(fail(error_chain(&error))),
+                Err(_) => return Err(fail("no HTTP handshake in time".into())),
+            };
+        // The connection's errors reach the request that was on it; nothing to do here.
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(sender)
+    }
+
+    /// The signed request of a call, with a new body.
+    fn request(&self, call: &Call<'_>) -> Result<Request<RequestBody>, BlobError> {
+        let settings = &self.settings;
+        let path = object_path(&settings.bucket, call.key);
+        let query = canonical_query(&call.query);
+        let amz_date = sigv4::amz_date(SystemTime::now());
+        let mut extra: Vec<(&str, &str)> =
+            call.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        extra.sort_unstable();
+        let signed = sigv4::sign(
+            &settings.credentials,
+            &Signing {
+                method: call.method.as_str(),
+                path: &path,
+                query: &query,
+                host: &settings.host,
+                extra_headers: &extra,
+                payload_hash: UNSIGNED_PAYLOAD,
+                amz_date: &amz_date,
+            },
+        );
+        let target = if query.is_empty() {
+            path
+        } else {
+            format!("{path}?{query}")
+        };
+        let mut builder = Request::builder()
+            .method(call.method.clone())
+            .uri(target)
+            .header(HOST, &settings.host);
+        for (name, value) in extra
+            .iter()
+            .copied()
+            .chain(signed.iter().map(|(n, v)| (&**n, &**v)))
+        {
+            builder = builder.header(name, value);
+        }
+        if matches!(call.method, Method::PUT | Method::POST) {
+            builder = builder.header(CONTENT_LENGTH, call.payload.length());
+        }
+        builder
+            .body(call.payload.body())
+            .map_err(|error| BlobError::Rejected {
+                status: 400,
+                message: format!(
+                    "{}: not a valid request (not sent): {error}",
+                    self.describe(call)
+                ),
+            })
+    }
+
+    /// The error of a non-2xx answer: 404 → NotFound (but a missing bucket, which is a
+    /// misconfiguration), 5xx → Unavailable, other 4xx → Rejected, with S3's code and
+    /// message.
+    fn status_error(&self, call: &Call<'_>, answer: &Answer) -> BlobError {
+        let (code, message) = s3_error(&answer.body);
+        let status = answer.status;
+        let text = match (&*code, &*message) {
+            ("", "") => status.to_string(),
+            (code, message) => format!("{status} {code}: {message}"),
+        };
+        match status.as_u16() {
+            404 if code != "NoSuchBucket" => BlobError::NotFound,
+            500.. => self.unavailable(&self.describe(call), text),
+            _ => BlobError::Rejected {
+                status: status.as_u16(),
+                message: format!("{}: {text}", self.describe(call)),
+            },
+        }
+    }
+
+    fn unavailable(&self, what: &str, why: impl std::fmt::Display) -> BlobError {
+        BlobError::Unavailable(format!("{}: {what}: {why}", self.settings.endpoint))
+    }
+
+    /// `PUT /bucket/key?query`, for messages.
+    fn describe(&self, call: &Call<'_>) -> String {
+        let path = object_path(&self.settings.bucket, call.key);
+        match canonical_query(&call.query) {
+            query if query.is_empty() => format!("{} {path}", call.method),
+            query => format!("{} {path}?{query}", call.method),
+        }
     }
 }
 
-fn stub() -> BlobError {
-    BlobError::Unavailable("blob client not written yet".into())
+/// One request to make: what `BlobClient::request` signs and sends (again, on a retry).
+struct Call<'a> {
+    method: Method,
+    /// `None`: the bucket itself.
+    key: Option<&'a str>,
+    /// Names and values as they are; encoded and sorted when signed.
+    query: Vec<(&'static str, String)>,
+    /// Lowercase names; all of them signed.
+    headers: Vec<(&'static str, String)>,
+    payload: Payload,
+}
+
+impl<'a> Call<'a> {
+    fn new(method: Method, key: Option<&'a str>) -> Call<'a> {
+        let (query, headers, payload) = (Vec::new(), Vec::new(), Payload::Empty);
+        Call {
+            method,
+            key,
+            query,
+            headers,
+            payload,
+        }
+    }
+}
+
+/// A request body that can be produced again (for the retry on a new connection).
+enum Payload {
+    Empty,
+    Memory(Bytes),
+    File {
+        file: Arc<std::fs::File>,
+        offset: u64,
+        length: u64,
+    },
+}
+
+impl Payload {
+    fn length(&self) -> u64 {
+        match self {
+            Payload::Empty => 0,
+            Payload::Memory(bytes) => bytes.len() as u64,
+            Payload::File { length, .. } => *length,
+        }
+    }
+
+    fn body(&self) -> RequestBody {
+        match self {
+            Payload::Empty => Empty::new().map_err(|never| match never {}).boxed_unsync(),
+            Payload::Memory(bytes) => Full::new(bytes.clone())
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+            Payload::File {
+                file,
+                offset,
+                length,
+            } => file_body(file.clone(), *offset, *length),
+        }
+    }
+}
+
+type RequestBody = UnsyncBoxBody<Bytes, io::Error>;
+type Sender = SendRequest<RequestBody>;
+
+/// The connections: permits for open ones, the idle ones with when they went idle.
+struct Pool {
+    permits: Arc<Semaphore>,
+    idle: Mutex<Vec<(Sender, Instant)>>,
+}
+
+impl Pool {
+    /// The newest idle connection that is still usable, if any.
+    async fn take_idle(&self) -> Option<Sender> {
+        loop {
+            let (mut sender, _) = {
+                let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+                idle.retain(|(sender, since)| {
+                    !sender.is_closed() && since.elapsed() < IDLE_AGE_MAX
+                });
+                idle.pop()?
+            };
+            if let Ok(Ok(())) = timeout(CONNECT_TIMEOUT, sender.ready()).await {
+                return Some(sender);
+            }
+        }
+    }
+}
+
+/// A connection in use and its permit; back to the pool by `release`, closed on drop.
+struct Lease {
+    pool: Arc<Pool>,
+    sender: Option<Sender>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Lease {
+    /// The response was read to its end: the connection may serve another request.
+    fn release(mut self) {
+        if let Some(sender) = self.sender.take().filter(|sender| !sender.is_closed()) {
+            let mut idle = self
+                .pool
+                .idle
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            idle.push((sender, Instant::now()));
+        }
+        // The permit goes with `self`, after the connection is in the list.
+    }
+}
+
+/// Aborts the upload from a task when `put_file` is dropped in the middle of it.
+struct AbortOnDrop {
+    client: BlobClient,
+    key: String,
+    upload_id: Option<String>,
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        let Some(upload_id) = self.upload_id.take() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (client, key) = (self.client.clone(), std::mem::take(&mut self.key));
+        runtime.spawn(async move {
+            let _ = client.abort_upload(&key, &upload_id).await;
+        });
+    }
+}
+
+/// A small answer read into memory.
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Vec<u8>,
+    /// Whether the body was read to its end (else it is the first `max` bytes).
+    complete: bool,
+}
+
+/// Reads an answer of at most `body_max_bytes` (a longer one is cut, its connection
+/// closed); the connection goes back to the pool when the body was read to its end.
+async fn read_answer(
+    response: Response<Incoming>,
+    lease: Lease,
+    body_max_bytes: usize,
+) -> Result<Answer, String> {
+    let (head, mut incoming) = response.into_parts();
+    let mut body = Vec::new();
+    let read = async {
+        while let Some(frame) = incoming.frame().await {
+            let frame = frame.map_err(|e| format!("reading the answer: {}", error_chain(&e)))?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            if body.len() + data.len() > body_max_bytes {
+                let room = body_max_bytes - body.len();
+                body.extend_from_slice(&data[..room]);
+                return Ok::<bool, String>(false);
+            }
+            body.extend_from_slice(&data);
+        }
+        Ok(true)
+    };
+    let complete = match timeout(ANSWER_BODY_TIMEOUT, read).await {
+        Ok(result) => result?,
+        Err(_) => return Err(format!("the answer took over {ANSWER_BODY_TIMEOUT:?}")),
+    };
+    if complete && keeps_alive(&head.headers) {
+        lease.release();
+    }
+    Ok(Answer {
+        status: head.status,
+        headers: head.headers,
+        body,
+        complete,
+    })
+}
+
+/// A GET's body: passes the frames on, counts their bytes, and ends in an error frame when
+/// the stream carries fewer or more than `expected`; releases the connection at the end.
+struct CountedBody {
+    inner: Incoming,
+    lease: Option<Lease>,
+    reusable: bool,
+    expected: u64,
+    received: u64,
+    done: bool,
+    /// `GET /bucket/key bytes=a-b`, for the error.
+    what: String,
+}
+
+impl CountedBody {
+    fn fail(&mut self, why: String) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        self.done = true;
+        self.lease = None;
+        Poll::Ready(Some(Err(io::Error::other(format!("{}: {why}", self.what)))))
+    }
+
+    fn finish(&mut self) {
+        self.done = true;
+        if let Some(lease) = self.lease.take().filter(|_| self.reusable) {
+            lease.release();
+        }
+    }
+}
+
+impl Body for CountedBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let this = &mut *self;
+        if this.done {
+            return Poll::Ready(None);
+        }
+        match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+            Some(Ok(frame)) => {
+                let length = frame.data_ref().map_or(0, |data| data.len() as u64);
+                this.received += length;
+                if this.received > this.expected {
+                    let (received, expected) = (this.received, this.expected);
+                    return this.fail(format!("{received} bytes or more, not {expected}"));
+                }
+                if this.received == this.expected && this.inner.is_end_stream() {
+                    this.finish();
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Some(Err(error)) => this.fail(error_chain(&error)),
+            None if this.received < this.expected => {
+                let (received, expected) = (this.received, this.expected);
+                this.fail(format!(
+                    "the body ended after {received} of {expected} bytes"
+                ))
+            }
+            None => {
+                this.finish();
+                Poll::Ready(None)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.expected.saturating_sub(self.received))
+    }
+}
+
+/// A file's bytes `offset..offset + length`, read in chunks on the blocking pool.
+fn file_body(file: Arc<std::fs::File>, offset: u64, length: u64) -> RequestBody {
+    let (sender, receiver) = mpsc::channel(1);
+    tokio::task::spawn_blocking(move || {
+        let end = offset + length;
+        let mut position = offset;
+        while position < end {
+            let size = (end - position).min(FILE_CHUNK_BYTES);
+            let mut chunk = vec![0; size as usize];
+            let read = file.read_exact_at(&mut chunk, position).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("reading the local file at {position}: {e}"),
+                )
+            });
+            let failed = read.is_err();
+            // A closed channel: the request ended (failed, or its connection went).
+            if sender
+                .blocking_send(read.map(|()| Bytes::from(chunk)))
+                .is_err()
+                || failed
+            {
+                return;
+            }
+            position += size;
+        }
+    });
+    FileBody { receiver, length }.boxed_unsync()
+}
+
+struct FileBody {
+    receiver: mpsc::Receiver<io::Result<Bytes>>,
+    length: u64,
+}
+
+impl Body for FileBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let chunk = ready!(self.receiver.poll_recv(cx));
+        Poll::Ready(chunk.map(|chunk| chunk.map(Frame::data)))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.length)
+    }
 }
 
 /// Parses `s3://BUCKET?endpoint=http://HOST:PORT&region=R` (region default us-east-1)
@@ -166,4 +944,308 @@ pub fn parse_blob_url(url: &str) -> Result<(String, String, String, String), Str
         host.to_string(),
         region,
     ))
+}
+
+/// One part of a multipart upload: its number (from 1) and its bytes of the file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Part {
+    number: u32,
+    offset: u64,
+    length: u64,
+}
+
+/// The parts of a file of `size` bytes, or `None` when it goes up as one PUT.
+fn part_layout(size: u64) -> Option<Vec<Part>> {
+    if size <= SINGLE_PUT_SIZE_MAX_BYTES {
+        return None;
+    }
+    // Whole MiB, and large enough that PARTS_MAX parts hold the file.
+    let mib = 1 << 20;
+    let part_size = PART_SIZE_BYTES.max(size.div_ceil(PARTS_MAX).div_ceil(mib) * mib);
+    let parts = (0..size.div_ceil(part_size)).map(|index| {
+        let offset = index * part_size;
+        let number = u32::try_from(index + 1).expect("at most PARTS_MAX parts");
+        Part {
+            number,
+            offset,
+            length: part_size.min(size - offset),
+        }
+    });
+    Some(parts.collect())
+}
+
+/// `bytes=first-last` of `length` (> 0) bytes at `offset`; `None` when it is empty or
+/// overflows.
+fn range_header(offset: u64, length: u64) -> Option<String> {
+    let last = offset.checked_add(length.checked_sub(1)?)?;
+    Some(format!("bytes={offset}-{last}"))
+}
+
+/// `/bucket` or `/bucket/key`, each key segment URI-encoded, the `/`s kept.
+fn object_path(bucket: &str, key: Option<&str>) -> String {
+    let mut path = format!("/{}", sigv4::encode_segment(bucket));
+    if let Some(key) = key {
+        for segment in key.split('/') {
+            path.push('/');
+            path.push_str(&sigv4::encode_segment(segment));
+        }
+    }
+    path
+}
+
+/// SigV4's canonical query string: names and values encoded, sorted, `name=value`.
+fn canonical_query(pairs: &[(&str, String)]) -> String {
+    let mut encoded: Vec<(String, String)> = pairs
+        .iter()
+        .map(|(name, value)| (sigv4::encode_segment(name), sigv4::encode_segment(value)))
+        .collect();
+    encoded.sort_unstable();
+    let pairs: Vec<String> = encoded.iter().map(|(n, v)| format!("{n}={v}")).collect();
+    pairs.join("&")
+}
+
+fn content_md5(body: &[u8]) -> String {
+    base64_simd::STANDARD.encode_to_string(Md5::digest(body).as_slice())
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers.get(CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
+/// Whether the server keeps the connection open after this answer.
+fn keeps_alive(headers: &HeaderMap) -> bool {
+    !headers.get_all(CONNECTION).iter().any(|value| {
+        value
+            .to_str()
+            .is_ok_and(|v| v.eq_ignore_ascii_case("close"))
+    })
+}
+
+/// An error and its sources, `a: b: c` (hyper's own text leaves the cause out).
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// The keys of a ListObjectsV2 answer, and the next start when it is truncated.
+fn parse_list(xml: &str) -> Result<ListPage, String> {
+    const OPEN: &str = "<Contents>";
+    const CLOSE: &str = "</Contents>";
+    let mut keys = Vec::new();
+    let mut rest = xml;
+    while let Some(start) = rest.find(OPEN) {
+        let entry = &rest[start + OPEN.len()..];
+        let end = entry.find(CLOSE).ok_or("a <Contents> is not closed")?;
+        keys.push(parse_listed(&entry[..end])?);
+        rest = &entry[end + CLOSE.len()..];
+    }
+    let next_start_after = match element(xml, "IsTruncated") {
+        Some("true") => match keys.last() {
+            Some(last) => Some(last.key.clone()),
+            None => return Err("a truncated page without keys".into()),
+        },
+        Some("false") => None,
+        other => return Err(format!("<IsTruncated> is {other:?}")),
+    };
+    Ok(ListPage {
+        keys,
+        next_start_after,
+    })
+}
+
+fn parse_listed(entry: &str) -> Result<Listed, String> {
+    let field = |name: &str| element(entry, name).ok_or(format!("a <Contents> without <{name}>"));
+    let key = decode_entities(field("Key")?)?;
+    let size = field("Size")?;
+    let size = size
+        .parse()
+        .map_err(|_| format!("{key}: <Size> {size:?}"))?;
+    let modified = field("LastModified")?;
+    let last_modified = humantime::parse_rfc3339(modified)
+        .map_err(|e| format!("{key}: <LastModified> {modified:?}: {e}"))?;
+    Ok(Listed {
+        key,
+        size,
+        last_modified,
+    })
+}
+
+/// The text of the first `<name>…</name>` in `xml`, as it is (entities not decoded).
+fn element<'a>(xml: &'a str, name: &str) -> Option<&'a str> {
+    let open = format!("<{name}>");
+    let start = xml.find(&open)? + open.len();
+    let end = xml[start..].find(&format!("</{name}>"))?;
+    Some(&xml[start..start + end])
+}
+
+/// XML text with its entities decoded: the five named ones and `&#N;` / `&#xH;`.
+fn decode_entities(text: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(amp) = rest.find('&') {
+        out.push_str(&rest[..amp]);
+        let after = &rest[amp + 1..];
+        let end = after
+            .find(';')
+            .ok_or_else(|| format!("an unended entity in {text:?}"))?;
+        let decoded = match &after[..end] {
+            "amp" => Some('&'),
+            "lt" => Some('<'),
+            "gt" => Some('>'),
+            "quot" => Some('"'),
+            "apos" => Some('\''),
+            entity => entity
+                .strip_prefix("#x")
+                .map(|hex| u32::from_str_radix(hex, 16))
+                .or_else(|| entity.strip_prefix('#').map(str::parse))
+                .and_then(Result::ok)
+                .and_then(char::from_u32),
+        };
+        out.push(decoded.ok_or_else(|| format!("an unknown entity in {text:?}"))?);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+fn escape_xml(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// S3's `<Code>` and `<Message>` of an error body, empty when absent.
+fn s3_error(body: &[u8]) -> (String, String) {
+    let text = String::from_utf8_lossy(body);
+    let field = |name: &str| {
+        let raw = element(&text, name).unwrap_or("");
+        decode_entities(raw).unwrap_or_else(|_| raw.to_string())
+    };
+    (field("Code"), field("Message"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn part_layout_of_the_thresholds() {
+        assert_eq!(part_layout(0), None);
+        assert_eq!(part_layout(64 * MIB), None);
+        let parts = part_layout(64 * MIB + 1).expect("multipart above 64 MiB");
+        assert_eq!(parts.len(), 5);
+        assert_eq!(
+            parts[4],
+            Part {
+                number: 5,
+                offset: 64 * MIB,
+                length: 1
+            }
+        );
+        let parts = part_layout(100 * MIB).expect("multipart");
+        let lengths: Vec<u64> = parts.iter().map(|p| p.length / MIB).collect();
+        assert_eq!(lengths, [16, 16, 16, 16, 16, 16, 4]);
+        for (index, part) in parts.iter().enumerate() {
+            assert_eq!(part.number as usize, index + 1);
+            assert_eq!(part.offset, index as u64 * 16 * MIB);
+        }
+        // 200 GiB: larger parts, never more than S3's 10 000.
+        let parts = part_layout(200 << 30).expect("multipart");
+        assert!(parts.len() as u64 <= PARTS_MAX);
+        assert_eq!(parts.iter().map(|p| p.length).sum::<u64>(), 200 << 30);
+    }
+
+    #[test]
+    fn range_headers() {
+        assert_eq!(range_header(0, 10).as_deref(), Some("bytes=0-9"));
+        assert_eq!(range_header(5, 1).as_deref(), Some("bytes=5-5"));
+        assert_eq!(range_header(7, 0), None);
+        assert_eq!(range_header(u64::MAX, 2), None);
+    }
+
+    #[test]
+    fn paths_and_queries_are_encoded_for_signing() {
+        assert_eq!(object_path("b", Some("a b/c+d/é")), "/b/a%20b/c%2Bd/%C3%A9");
+        assert_eq!(object_path("b", None), "/b");
+        let query = [
+            ("uploadId", "2~x/y".to_string()),
+            ("partNumber", "3".to_string()),
+        ];
+        assert_eq!(canonical_query(&query), "partNumber=3&uploadId=2~x%2Fy");
+        assert_eq!(canonical_query(&[("uploads", String::new())]), "uploads=");
+    }
+
+    #[test]
+    fn listing_with_entities_and_truncation() {
+        let xml = "<?xml version=\"1.0\"?><ListBucketResult><Name>b</Name>\
+            <Prefix>p/</Prefix><KeyCount>2</KeyCount><MaxKeys>2</MaxKeys>\
+            <IsTruncated>true</IsTruncated>\
+            <Contents><Key>p/a&amp;b &lt;&gt; &quot;&apos;&#233;&#x41;</Key>\
+            <LastModified>2026-12-02T10:00:00.000Z</LastModified><ETag>&quot;x&quot;</ETag>\
+            <Size>12</Size><StorageClass>STANDARD</StorageClass></Contents>\
+            <Contents><Key>p/z</Key><LastModified>2026-12-02T10:00:01.250Z</LastModified>\
+            <Size>0</Size></Contents></ListBucketResult>";
+        let page = parse_list(xml).expect("parses");
+        assert_eq!(page.keys.len(), 2);
+        assert_eq!(page.keys[0].key, "p/a&b <> \"'éA");
+        assert_eq!(page.keys[0].size, 12);
+        let at = humantime::parse_rfc3339("2026-12-02T10:00:00Z").expect("a date");
+        assert_eq!(page.keys[0].last_modified, at);
+        assert_eq!(page.keys[1].last_modified, at + Duration::from_millis(1250));
+        assert_eq!(page.next_start_after.as_deref(), Some("p/z"));
+
+        let last = "<ListBucketResult><IsTruncated>false</IsTruncated></ListBucketResult>";
+        let page = parse_list(last).expect("parses");
+        assert!(page.keys.is_empty() && page.next_start_after.is_none());
+        let broken = "<IsTruncated>false</IsTruncated><Contents><Key>a</Key><Size>x</Size>";
+        assert!(parse_list(broken).is_err());
+        assert!(parse_list("<IsTruncated>true</IsTruncated>").is_err());
+        assert!(decode_entities("a &bogus; b").is_err());
+    }
+
+    #[test]
+    fn error_bodies() {
+        let body = b"<?xml version=\"1.0\"?><Error><Code>SignatureDoesNotMatch</Code>\
+            <Message>a &amp; b</Message></Error>";
+        let (code, message) = s3_error(body);
+        assert_eq!(
+            (code.as_str(), message.as_str()),
+            ("SignatureDoesNotMatch", "a & b")
+        );
+        assert_eq!(s3_error(b""), (String::new(), String::new()));
+    }
+
+    /// The cluster runtime is multi-threaded: every operation's future must be `Send`.
+    #[test]
+    fn futures_are_send() {
+        fn send<T: Send>(_: &T) {}
+        let client = BlobClient::new(BlobSettings {
+            bucket: "bucket".into(),
+            endpoint: "http://127.0.0.1:9".into(),
+            host: "127.0.0.1:9".into(),
+            addr: "127.0.0.1:9".parse().expect("an address"),
+            credentials: Credentials {
+                access_key: "a".into(),
+                secret_key: "s".into(),
+                region: "us-east-1".into(),
+            },
+            connections_max: 2,
+        });
+        send(&client.check_bucket());
+        send(&client.put("k", Bytes::new()));
+        send(&client.put_file("k", Path::new("/nonexistent"), 1));
+        send(&client.get("k", 0, 1));
+        send(&client.delete("k"));
+        send(&client.list("p", None, 1));
+        fn sync_body<T: Send + Sync>() {}
+        sync_body::<CountedBody>();
+    }
 }

@@ -122,7 +122,7 @@ impl From<tokio_postgres::Error> for MetadataError {
         // A server-side error (constraint, syntax, permission) has a SQLSTATE; a closed
         // connection or an I/O error has none and is worth a retry.
         match e.code() {
-            Some(code) if !is_transient(code.code()) => MetadataError::Failed(e.to_string()),
+            Some(code) if !is_transient(code.code()) => MetadataError::Failed(error_text(&e)),
             _ => MetadataError::Unavailable(error_text(&e)),
         }
     }
@@ -645,7 +645,7 @@ const INSERT_FILES: &str = "INSERT INTO rhinobox_files (hash, path, mime_type, m
     $11::text[], $12::bigint[]) ON CONFLICT DO NOTHING RETURNING hash";
 
 const INSERT_OBJECT: &str = "INSERT INTO rhinobox_objects (key, size, live_files, live_bytes, \
-    emptied_at) VALUES ($1, $2, $3, $4, CASE WHEN $3 = 0 THEN now() END)";
+    emptied_at) VALUES ($1, $2, $3::bigint, $4, CASE WHEN $3::bigint = 0 THEN now() END)";
 
 const ADD_TOTALS: &str = "INSERT INTO rhinobox_totals (media_type, shard, files, bytes) \
     VALUES ($1, $2, $3, $4) ON CONFLICT (media_type, shard) DO UPDATE SET \
