@@ -31,6 +31,9 @@ use rhinobox::client::{Connection, MediaKind, Response};
 use rhinobox::cluster::blob_client::{BlobClient, BlobSettings};
 use serde_json::Value;
 
+/// An acknowledged upload: its hash and bytes.
+type Uploaded = (String, Vec<u8>);
+
 /// A node of the fixture's cluster, one core (two nodes share this machine's cores).
 fn node(cluster: &Cluster) -> Daemon {
     let blob_url = format!(
@@ -297,7 +300,7 @@ fn failures_answer_and_never_lie() {
     let b = node(&cluster);
 
     // kill -9 of A while 4 clients upload through it.
-    let acknowledged: Arc<Mutex<Vec<(String, Vec<u8>)>>> = Arc::default();
+    let acknowledged: Arc<Mutex<Vec<Uploaded>>> = Arc::default();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let addr = a.addr;
     let clients: Vec<_> = (0..4u64)

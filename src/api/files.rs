@@ -89,7 +89,7 @@ pub async fn serve_file(
         let record = located.record.clone();
         let size = record.size;
         let last_modified = last_modified_of(&record.uploaded_at, UNIX_EPOCH);
-        let source = Source::Cluster(cluster.clone(), located);
+        let source = Source::Cluster(cluster.clone(), Box::new(located));
         return respond(request, endpoint, &record, size, last_modified, source).await;
     }
     let (file, opened) = select_and_open(ctx, request).await?;
@@ -116,7 +116,7 @@ enum Source {
     /// An object range in the blob cluster.
     Cluster(
         Arc<crate::cluster::Cluster>,
-        crate::cluster::metadata::Located,
+        Box<crate::cluster::metadata::Located>,
     ),
 }
 
