@@ -1,36 +1,32 @@
 //! The blob side of cluster mode: an S3 client for the blob cluster (SPEC §8; Ceph RGW,
 //! Garage, MinIO, AWS S3), on the cluster runtime (plain multi-thread tokio, `Send`
-//! futures). Requests are HTTP/1.1 over hyper's connection API, path-style
-//! (`/{bucket}/{key}`, every key segment URI-encoded), signed with the crate's own SigV4
-//! signer in headers with `UNSIGNED-PAYLOAD`; bodies sent from memory carry `Content-MD5`,
-//! so the cluster refuses one that arrived damaged.
+//! futures). Requests are HTTP/1.1 through hyper's connection API, path-style
+//! (`/{bucket}/{key}`, each key segment URI-encoded), signed by `client::sigv4` in headers
+//! with `UNSIGNED-PAYLOAD`; bodies sent from memory carry `Content-MD5`, so that the
+//! cluster refuses one damaged on the way.
 //!
-//! # Pool
-//! A semaphore of `connections_max` permits bounds the open connections: a request holds
-//! a permit from before it takes a connection until its response was read to the end
-//! (for a GET, until the caller read the [`BlobBody`] to its end), so idle plus busy
-//! connections never exceed the bound and a full pool makes callers wait, at most
-//! [`POOL_WAIT`]. Idle connections wait in a list, newest last, and are reused after
-//! `ready()`; one that is closed, older than [`IDLE_AGE_MAX`], or whose response was not
-//! read to the end is dropped. A request that fails on a reused connection before its
-//! response head is sent once more on a new connection (the server may have closed the
-//! idle one at the moment it was taken); every body can be produced again for that.
+//! **Pool.** A semaphore of `connections_max` permits bounds the open connections: a
+//! request holds a permit from before it takes a connection until its answer was read to
+//! the end (for a GET, until the caller read the [`BlobBody`] to its end), so busy plus
+//! idle connections never exceed it, and a full pool makes callers wait, at most
+//! `POOL_WAIT`. Idle connections are reused newest first after `ready()`; a closed one,
+//! one idle over `IDLE_AGE_MAX`, or one whose answer was not read to its end is dropped.
+//! A request that fails on a reused connection before its answer is sent once more on a
+//! new one (the server may close an idle connection as we take it): every body can be
+//! produced again.
 //!
-//! # Timeouts
-//! Every wait is bounded and ends in [`BlobError::Unavailable`] naming the endpoint and
-//! what failed: [`CONNECT_TIMEOUT`], [`RESPONSE_HEAD_TIMEOUT`] (which covers the upload of
-//! a request body too, since S3 servers answer after the body), [`POOL_WAIT`], and
-//! [`ANSWER_BODY_TIMEOUT`] for the small answers read into memory. A GET's body is
-//! streamed to the caller, whose own limits bound it.
+//! **Timeouts.** Every wait is bounded and ends in [`BlobError::Unavailable`] naming the
+//! endpoint, the request and what failed: connect, answer head (which covers the upload of
+//! a request body: S3 answers after the body), pool, and the small answers read into
+//! memory. A GET's body streams to the caller, whose own limits bound it.
 //!
-//! # Files
-//! `put_file` streams a file of at most [`SINGLE_PUT_SIZE_MAX_BYTES`] as one PUT; above,
-//! a multipart upload in parts of [`PART_SIZE_BYTES`], [`PARTS_IN_FLIGHT_MAX`] at a time,
-//! so that a large file neither rides on one connection for minutes (one failure would
-//! send it all again) nor needs more than a few chunks of memory; a failed (or dropped)
-//! upload is aborted so the cluster frees its parts. Bodies are read from the file in
-//! chunks of [`FILE_CHUNK_BYTES`] on the blocking pool, through a channel of one chunk:
-//! memory per body is O(chunk).
+//! **Files.** `put_file` streams a file of at most 64 MiB as one PUT, and a larger one as a
+//! multipart upload of 16 MiB parts, 4 in flight: every request then stays short enough
+//! for the answer-head timeout (a 1 GiB PUT would not be), and 4 streams fill a link one
+//! would not. Any failure fails the upload (no part is retried) and aborts it, as does
+//! dropping the future, so that the cluster frees the parts. File bodies are read in
+//! chunks of 1 MiB on the blocking pool through a channel of one chunk: memory O(chunk)
+//! per body.
 
 use std::io;
 use std::net::SocketAddr;
@@ -44,7 +40,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
 use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{BodyExt, Empty, Full, StreamBody};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper::header::{CONNECTION, CONTENT_LENGTH, ETAG, HOST, HeaderMap};
@@ -57,37 +53,30 @@ use tokio::time::timeout;
 
 use crate::client::sigv4::{self, Credentials, Signing, UNSIGNED_PAYLOAD};
 
-/// A TCP connect (and HTTP handshake) within this, or the endpoint is down: on a cluster
-/// network a live host answers in milliseconds, and a caller should not hang on a dead one.
+/// A live host on the cluster network connects in milliseconds; a dead one must not hang us.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-/// The response head within this after the request started: it covers a PUT's body too
-/// (at most 64 MiB, or one part of 16 MiB), so the link must carry ≥ ~2.2 MB/s.
-const RESPONSE_HEAD_TIMEOUT: Duration = Duration::from_secs(30);
-/// A free connection within this, or the cluster is too slow for the load: answer 503
-/// rather than let callers queue without bound.
+/// Covers a PUT's body too (≤ 64 MiB, or a 16 MiB part): the link must carry ≥ 2.2 MB/s.
+const ANSWER_HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// A cluster too slow for the load answers 503 rather than queue callers without bound.
 const POOL_WAIT: Duration = Duration::from_secs(5);
-/// The rest of a small answer (an error, a listing, a multipart reply) within this.
+/// The rest of a small answer (an error, a listing, a multipart reply).
 const ANSWER_BODY_TIMEOUT: Duration = Duration::from_secs(30);
-/// Idle connections older than this are closed rather than reused: shorter than the
-/// keep-alive timeouts of the servers we talk to (RGW's beast 65 s, nginx 75 s, AWS ~20 s),
-/// so a reused connection is seldom one the server is closing.
+/// Under the servers' keep-alive timeouts (RGW 65 s, nginx 75 s, AWS ~20 s), so that a
+/// reused connection is seldom one the server is closing.
 const IDLE_AGE_MAX: Duration = Duration::from_secs(15);
-/// Files up to this go up as one PUT: below it a multipart upload costs two extra round
-/// trips for nothing; above it a failure would send too much again.
+/// Up to this, one PUT: a multipart upload would cost two more round trips for nothing.
 const SINGLE_PUT_SIZE_MAX_BYTES: u64 = 64 << 20;
-/// The part size of a multipart upload (S3 wants ≥ 5 MiB but the last): large enough that
-/// the per-part request is noise, small enough that 4 in flight stay modest.
+/// S3 wants ≥ 5 MiB; 16 makes the per-part request noise and 4 in flight still modest.
 const PART_SIZE_BYTES: u64 = 16 << 20;
-/// S3's limit on the parts of one upload; a file above 160 GiB gets larger parts.
+/// S3's limit on the parts of an upload: a file over 160 GiB gets larger parts.
 const PARTS_MAX: u64 = 10_000;
-/// Parts sent at the same time: enough to fill a link whose latency one stream cannot
-/// hide, few enough not to take the whole pool from other callers.
+/// Enough to fill a link one stream cannot, few enough to leave the pool to others.
 const PARTS_IN_FLIGHT_MAX: usize = 4;
-/// Read size of file bodies, and so (with a channel of one) their memory per body.
+/// The read size of file bodies, and so (a channel of one) their memory.
 const FILE_CHUNK_BYTES: u64 = 1 << 20;
-/// A listing of 1000 keys is ~350 KiB; this bounds what a broken server can make us hold.
+/// A page of 1000 keys is ~350 KiB: what a broken server can make us hold.
 const LIST_BODY_MAX_BYTES: usize = 16 << 20;
-/// Error bodies and multipart replies are a few hundred bytes; more is read no further.
+/// Error bodies and multipart replies are a few hundred bytes.
 const ANSWER_BODY_MAX_BYTES: usize = 64 << 10;
 /// S3's page size limit for ListObjectsV2.
 const LIST_KEYS_MAX: usize = 1000;
@@ -159,18 +148,12 @@ pub struct BlobClient {
 
 impl BlobClient {
     pub fn new(settings: BlobSettings) -> BlobClient {
-        assert!(
-            settings.connections_max > 0,
-            "a blob pool needs a connection"
-        );
-        let pool = Pool {
-            permits: Arc::new(Semaphore::new(settings.connections_max)),
-            idle: Mutex::new(Vec::with_capacity(settings.connections_max)),
-        };
-        BlobClient {
-            settings: std::sync::Arc::new(settings),
-            pool: Arc::new(pool),
-        }
+        assert!(settings.connections_max > 0, "a pool without connections");
+        let permits = Arc::new(Semaphore::new(settings.connections_max));
+        let idle = Mutex::new(Vec::with_capacity(settings.connections_max));
+        let pool = Arc::new(Pool { permits, idle });
+        let settings = std::sync::Arc::new(settings);
+        BlobClient { settings, pool }
     }
 
     pub fn settings(&self) -> &BlobSettings {
@@ -181,31 +164,23 @@ impl BlobClient {
     pub async fn check_bucket(&self) -> Result<(), BlobError> {
         let call = Call::new(Method::HEAD, None);
         let answer = self.exchange(&call, ANSWER_BODY_MAX_BYTES).await?;
-        let bucket = &self.settings.bucket;
-        let endpoint = &self.settings.endpoint;
-        match answer.status.as_u16() {
-            200..=299 => Ok(()),
-            404 => Err(BlobError::Rejected {
-                status: 404,
-                message: format!("bucket {bucket:?} does not exist at {endpoint}"),
-            }),
-            403 => Err(BlobError::Rejected {
-                status: 403,
-                message: format!(
-                    "the keys (access key {:?}) are refused for bucket {bucket:?} at \
-                     {endpoint}: a wrong secret, or no rights on the bucket",
-                    self.settings.credentials.access_key
-                ),
-            }),
-            _ => Err(self.status_error(&call, &answer)),
-        }
+        let (bucket, endpoint) = (&self.settings.bucket, &self.settings.endpoint);
+        let access_key = &self.settings.credentials.access_key;
+        let message = match answer.status.as_u16() {
+            200..=299 => return Ok(()),
+            404 => format!("bucket {bucket:?} does not exist at {endpoint}"),
+            403 => format!(
+                "the keys (access key {access_key:?}) are refused for bucket {bucket:?} at \
+                 {endpoint}: a wrong secret key, or no rights on the bucket"
+            ),
+            _ => return Err(self.status_error(&call, &answer)),
+        };
+        Err(rejected(answer.status.as_u16(), message))
     }
 
     /// PUT of one object from memory.
     pub async fn put(&self, key: &str, body: Bytes) -> Result<(), BlobError> {
-        let mut call = Call::new(Method::PUT, Some(key));
-        call.headers.push(("content-md5", content_md5(&body)));
-        call.payload = Payload::Memory(body);
+        let call = Call::new(Method::PUT, Some(key)).memory(body);
         self.exchange_ok(&call).await.map(drop)
     }
 
@@ -217,26 +192,17 @@ impl BlobClient {
         })?;
         let file = Arc::new(file);
         let Some(parts) = part_layout(size) else {
-            let mut call = Call::new(Method::PUT, Some(key));
-            call.payload = Payload::File {
-                file,
-                offset: 0,
-                length: size,
-            };
+            let call = Call::new(Method::PUT, Some(key)).file(&file, 0, size);
             return self.exchange_ok(&call).await.map(drop);
         };
         let upload_id = self.create_upload(key).await?;
-        let mut guard = AbortOnDrop {
-            client: self.clone(),
-            key: key.to_string(),
-            upload_id: Some(upload_id.clone()),
-        };
+        let mut guard = AbortOnDrop(self.clone(), key.to_string(), Some(upload_id.clone()));
         let outcome = async {
             let etags = self.upload_parts(key, &upload_id, &file, parts).await?;
             self.complete_upload(key, &upload_id, &etags).await
         }
         .await;
-        guard.upload_id = None;
+        guard.2 = None;
         if let Err(error) = outcome {
             if let Err(abort) = self.abort_upload(key, &upload_id).await {
                 crate::log_line!("rhinobox: blob {key}: abort of upload {upload_id}: {abort}");
@@ -252,42 +218,40 @@ impl BlobClient {
             return Ok(Empty::new().map_err(|never| match never {}).boxed());
         }
         let Some(range) = range_header(offset, length) else {
-            return Err(BlobError::Rejected {
-                status: 416,
-                message: format!("{key}: {length} bytes at {offset} overflow (not sent)"),
-            });
+            let message = format!("{key}: {length} bytes at {offset} overflow (not sent)");
+            return Err(rejected(416, message));
         };
-        let mut call = Call::new(Method::GET, Some(key));
-        call.headers.push(("range", range.clone()));
+        let call = Call::new(Method::GET, Some(key)).header("range", range.clone());
         let (response, lease) = self.send(&call).await?;
         let status = response.status();
-        if status == StatusCode::PARTIAL_CONTENT || (status == StatusCode::OK && offset == 0) {
-            let what = format!("{} {range}", self.describe(&call));
-            let sent = content_length(response.headers());
-            if sent.is_some_and(|sent| sent != length) {
-                let content_range = response.headers().get("content-range");
-                return Err(BlobError::Rejected {
-                    status: status.as_u16(),
-                    message: format!(
-                        "{what}: the cluster sends {sent:?} bytes (content-range \
-                         {content_range:?}), not {length}"
-                    ),
-                });
-            }
-            let reusable = keeps_alive(response.headers());
-            return Ok(BlobBody::new(CountedBody {
-                inner: response.into_body(),
-                lease: Some(lease),
-                reusable,
-                expected: length,
-                received: 0,
-                done: false,
-                what,
-            }));
+        if status != StatusCode::PARTIAL_CONTENT && (status != StatusCode::OK || offset != 0) {
+            let answer = read_answer(response, lease, ANSWER_BODY_MAX_BYTES).await;
+            let answer = answer.map_err(|why| self.unavailable(&call, why))?;
+            return Err(self.status_error(&call, &answer));
         }
-        let answer = read_answer(response, lease, ANSWER_BODY_MAX_BYTES).await;
-        let answer = answer.map_err(|why| self.unavailable(&self.describe(&call), why))?;
-        Err(self.status_error(&call, &answer))
+        let what = format!("{} {range}", self.describe(&call));
+        let headers = response.headers();
+        let sent = content_length(headers);
+        if sent.is_some_and(|sent| sent != length) {
+            let content_range = headers.get("content-range");
+            let message = format!(
+                "{what}: the cluster sends {sent:?} bytes (Content-Range {content_range:?})"
+            );
+            return Err(rejected(status.as_u16(), message));
+        }
+        let reusable = keeps_alive(headers);
+        let inner = response.into_body();
+        let (lease, received, done) = (Some(lease), 0, false);
+        let body = CountedBody {
+            inner,
+            lease,
+            reusable,
+            expected: length,
+            received,
+            done,
+            what,
+        };
+        Ok(BlobBody::new(body))
     }
 
     /// DELETE; a missing key is success.
@@ -306,43 +270,28 @@ impl BlobClient {
         start_after: Option<&str>,
         max_keys: usize,
     ) -> Result<ListPage, BlobError> {
-        assert!(
-            max_keys > 0,
-            "a listing of no keys cannot say where the next starts"
-        );
-        let mut call = Call::new(Method::GET, None);
-        call.query = vec![
-            ("list-type", "2".into()),
-            ("max-keys", max_keys.min(LIST_KEYS_MAX).to_string()),
-            ("prefix", prefix.into()),
-        ];
+        assert!(max_keys > 0, "a page of no keys has no next start");
+        let mut call = Call::new(Method::GET, None)
+            .query("list-type", "2")
+            .query("max-keys", &max_keys.min(LIST_KEYS_MAX).to_string())
+            .query("prefix", prefix);
         if let Some(after) = start_after {
-            call.query.push(("start-after", after.into()));
+            call = call.query("start-after", after);
         }
-        let answer = self.exchange(&call, LIST_BODY_MAX_BYTES).await?;
-        if !answer.status.is_success() {
-            return Err(self.status_error(&call, &answer));
-        }
-        let what = self.describe(&call);
-        if !answer.complete {
-            let why = format!("the listing is over {LIST_BODY_MAX_BYTES} bytes");
-            return Err(self.unavailable(&what, why));
-        }
+        let answer = self.exchange_ok_max(&call, LIST_BODY_MAX_BYTES).await?;
         let text = std::str::from_utf8(&answer.body)
-            .map_err(|_| self.unavailable(&what, "the listing is not UTF-8"))?;
-        parse_list(text).map_err(|why| self.unavailable(&what, format!("listing: {why}")))
+            .map_err(|_| self.unavailable(&call, "the listing is not UTF-8"))?;
+        parse_list(text).map_err(|why| self.unavailable(&call, format!("listing: {why}")))
     }
 
     /// CreateMultipartUpload: the upload id.
     async fn create_upload(&self, key: &str) -> Result<String, BlobError> {
-        let mut call = Call::new(Method::POST, Some(key));
-        call.query = vec![("uploads", String::new())];
+        let call = Call::new(Method::POST, Some(key)).query("uploads", "");
         let answer = self.exchange_ok(&call).await?;
-        let text = String::from_utf8_lossy(&answer.body);
-        element(&text, "UploadId")
+        element(&String::from_utf8_lossy(&answer.body), "UploadId")
             .and_then(|id| decode_entities(id).ok())
             .filter(|id| !id.is_empty())
-            .ok_or_else(|| self.unavailable(&self.describe(&call), "no <UploadId> in the reply"))
+            .ok_or_else(|| self.unavailable(&call, "no <UploadId> in the answer"))
     }
 
     /// Every part, a few at a time; their (number, ETag) in part order.
@@ -354,37 +303,21 @@ impl BlobClient {
         parts: Vec<Part>,
     ) -> Result<Vec<(u32, String)>, BlobError> {
         let in_flight = PARTS_IN_FLIGHT_MAX.min(self.settings.connections_max);
-        let mut etags: Vec<(u32, String)> = futures_util::stream::iter(parts)
-            .map(|part| self.upload_part(key, upload_id, file, part))
-            .buffer_unordered(in_flight)
-            .try_collect()
-            .await?;
+        let upload = |part: Part| async move {
+            let call = Call::new(Method::PUT, Some(key))
+                .query("partNumber", &part.number.to_string())
+                .query("uploadId", upload_id)
+                .file(file, part.offset, part.length);
+            let answer = self.exchange_ok(&call).await?;
+            match answer.headers.get(ETAG).and_then(|v| v.to_str().ok()) {
+                Some(etag) => Ok((part.number, etag.to_string())),
+                None => Err(self.unavailable(&call, "no ETag on the part")),
+            }
+        };
+        let stream = futures_util::stream::iter(parts).map(upload);
+        let mut etags: Vec<_> = stream.buffer_unordered(in_flight).try_collect().await?;
         etags.sort_unstable_by_key(|(number, _)| *number);
         Ok(etags)
-    }
-
-    async fn upload_part(
-        &self,
-        key: &str,
-        upload_id: &str,
-        file: &Arc<std::fs::File>,
-        part: Part,
-    ) -> Result<(u32, String), BlobError> {
-        let mut call = Call::new(Method::PUT, Some(key));
-        call.query = vec![
-            ("partNumber", part.number.to_string()),
-            ("uploadId", upload_id.into()),
-        ];
-        call.payload = Payload::File {
-            file: file.clone(),
-            offset: part.offset,
-            length: part.length,
-        };
-        let answer = self.exchange_ok(&call).await?;
-        match answer.headers.get(ETAG).and_then(|v| v.to_str().ok()) {
-            Some(etag) => Ok((part.number, etag.to_string())),
-            None => Err(self.unavailable(&self.describe(&call), "no ETag on the part")),
-        }
     }
 
     async fn complete_upload(
@@ -396,18 +329,14 @@ impl BlobClient {
         let mut xml = String::from("<CompleteMultipartUpload>");
         for (number, etag) in etags {
             let etag = escape_xml(etag);
-            xml.push_str(&format!(
-                "<Part><PartNumber>{number}</PartNumber><ETag>{etag}</ETag></Part>"
-            ));
+            xml += &format!("<Part><PartNumber>{number}</PartNumber><ETag>{etag}</ETag></Part>");
         }
-        xml.push_str("</CompleteMultipartUpload>");
-        let body = Bytes::from(xml);
-        let mut call = Call::new(Method::POST, Some(key));
-        call.query = vec![("uploadId", upload_id.into())];
-        call.headers.push(("content-md5", content_md5(&body)));
-        call.payload = Payload::Memory(body);
+        xml += "</CompleteMultipartUpload>";
+        let call = Call::new(Method::POST, Some(key))
+            .query("uploadId", upload_id)
+            .memory(Bytes::from(xml));
         let answer = self.exchange_ok(&call).await?;
-        // S3 may answer 200 and report a failure in the body (it sends the head early).
+        // S3 may answer 200 and then report a failure in the body (it sends the head early).
         if String::from_utf8_lossy(&answer.body).contains("<Error>") {
             let status = StatusCode::INTERNAL_SERVER_ERROR;
             return Err(self.status_error(&call, &Answer { status, ..answer }));
@@ -416,14 +345,17 @@ impl BlobClient {
     }
 
     async fn abort_upload(&self, key: &str, upload_id: &str) -> Result<(), BlobError> {
-        let mut call = Call::new(Method::DELETE, Some(key));
-        call.query = vec![("uploadId", upload_id.into())];
+        let call = Call::new(Method::DELETE, Some(key)).query("uploadId", upload_id);
         self.exchange_ok(&call).await.map(drop)
     }
 
     /// A request whose answer must be 2xx, read whole (small).
     async fn exchange_ok(&self, call: &Call<'_>) -> Result<Answer, BlobError> {
-        let answer = self.exchange(call, ANSWER_BODY_MAX_BYTES).await?;
+        self.exchange_ok_max(call, ANSWER_BODY_MAX_BYTES).await
+    }
+
+    async fn exchange_ok_max(&self, call: &Call<'_>, max: usize) -> Result<Answer, BlobError> {
+        let answer = self.exchange(call, max).await?;
         if !answer.status.is_success() {
             return Err(self.status_error(call, &answer));
         }
@@ -433,23 +365,18 @@ impl BlobClient {
     /// A request and its answer read into memory, at most `body_max_bytes`.
     async fn exchange(&self, call: &Call<'_>, body_max_bytes: usize) -> Result<Answer, BlobError> {
         let (response, lease) = self.send(call).await?;
-        read_answer(response, lease, body_max_bytes)
-            .await
-            .map_err(|why| self.unavailable(&self.describe(call), why))
+        let answer = read_answer(response, lease, body_max_bytes).await;
+        answer.map_err(|why| self.unavailable(call, why))
     }
 
-    /// Sends a request on a pooled connection: its response head and the lease that
-    /// holds the connection until the body is read.
+    /// Sends a request on a pooled connection: the answer's head, and the lease that holds
+    /// the connection until its body is read.
     async fn send(&self, call: &Call<'_>) -> Result<(Response<Incoming>, Lease), BlobError> {
-        let what = self.describe(call);
         let permits = self.pool.permits.clone();
-        let permit = match timeout(POOL_WAIT, permits.acquire_owned()).await {
-            Ok(Ok(permit)) => permit,
-            _ => {
-                let max = self.settings.connections_max;
-                let why = format!("no free connection of {max} within {POOL_WAIT:?}");
-                return Err(self.unavailable(&what, why));
-            }
+        let Ok(Ok(permit)) = timeout(POOL_WAIT, permits.acquire_owned()).await else {
+            let max = self.settings.connections_max;
+            let why = format!("no free connection of {max} within {POOL_WAIT:?}");
+            return Err(self.unavailable(call, why));
         };
         let mut idle_allowed = true;
         loop {
@@ -461,36 +388,33 @@ impl BlobClient {
             let reused = idle.is_some();
             let mut sender = match idle {
                 Some(sender) => sender,
-                None => self.connect(&what).await?,
+                None => self.connect(call).await?,
             };
             let request = self.request(call)?;
-            match timeout(RESPONSE_HEAD_TIMEOUT, sender.send_request(request)).await {
+            match timeout(ANSWER_HEAD_TIMEOUT, sender.send_request(request)).await {
                 Ok(Ok(response)) => {
-                    let pool = self.pool.clone();
-                    let sender = Some(sender);
-                    return Ok((
-                        response,
-                        Lease {
-                            pool,
-                            sender,
-                            _permit: permit,
-                        },
-                    ));
+                    let (pool, sender) = (self.pool.clone(), Some(sender));
+                    let lease = Lease {
+                        pool,
+                        sender,
+                        _permit: permit,
+                    };
+                    return Ok((response, lease));
                 }
-                // The server closed the idle connection as we took it: once more, new.
+                // The server closed the idle connection as we took it: once more, on a new one.
                 Ok(Err(error)) if reused && !error.is_user() => idle_allowed = false,
-                Ok(Err(error)) => return Err(self.unavailable(&what, error_chain(&error))),
+                Ok(Err(error)) => return Err(self.unavailable(call, error_chain(&error))),
                 Err(_) => {
-                    let why = format!("no response within {RESPONSE_HEAD_TIMEOUT:?}");
-                    return Err(self.unavailable(&what, why));
+                    let why = format!("no answer within {ANSWER_HEAD_TIMEOUT:?}");
+                    return Err(self.unavailable(call, why));
                 }
             }
         }
     }
 
-    async fn connect(&self, what: &str) -> Result<Sender, BlobError> {
+    async fn connect(&self, call: &Call<'_>) -> Result<Sender, BlobError> {
         let addr = self.settings.addr;
-        let fail = |why: String| self.unavailable(what, format!("connect to {addr}: {why}"));
+        let fail = |why: String| self.unavailable(call, format!("connect to {addr}: {why}"));
         let stream = match timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
             Ok(Ok(stream)) => stream,
             Ok(Err(error)) => return Err(fail(error.to_string())),
@@ -500,13 +424,13 @@ impl BlobClient {
         stream
             .set_nodelay(true)
             .map_err(|e| fail(format!("TCP_NODELAY: {e}")))?;
-        let (sender, connection) =
-            match timeout(CONNECT_TIMEOUT, http1::handshake(TokioIo::new(stream))).await {
-                Ok(Ok(pair)) => pair,
-                Ok(Err(error)) => return Err(fail(error_chain(&error))),
-                Err(_) => return Err(fail("no HTTP handshake in time".into())),
-            };
-        // The connection's errors reach the request that was on it; nothing to do here.
+        let handshake = http1::handshake(TokioIo::new(stream));
+        let (sender, connection) = match timeout(CONNECT_TIMEOUT, handshake).await {
+            Ok(Ok(pair)) => pair,
+            Ok(Err(error)) => return Err(fail(error_chain(&error))),
+            Err(_) => return Err(fail("no HTTP handshake in time".into())),
+        };
+        // The connection's errors reach the request on it; nothing more to do with them.
         tokio::spawn(async move {
             let _ = connection.await;
         });
@@ -519,54 +443,39 @@ impl BlobClient {
         let path = object_path(&settings.bucket, call.key);
         let query = canonical_query(&call.query);
         let amz_date = sigv4::amz_date(SystemTime::now());
-        let mut extra: Vec<(&str, &str)> =
-            call.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        let mut extra: Vec<(&str, &str)> = call.headers.iter().map(|(n, v)| (*n, &**v)).collect();
         extra.sort_unstable();
-        let signed = sigv4::sign(
-            &settings.credentials,
-            &Signing {
-                method: call.method.as_str(),
-                path: &path,
-                query: &query,
-                host: &settings.host,
-                extra_headers: &extra,
-                payload_hash: UNSIGNED_PAYLOAD,
-                amz_date: &amz_date,
-            },
-        );
+        let signing = Signing {
+            method: call.method.as_str(),
+            path: &path,
+            query: &query,
+            host: &settings.host,
+            extra_headers: &extra,
+            payload_hash: UNSIGNED_PAYLOAD,
+            amz_date: &amz_date,
+        };
+        let signed = sigv4::sign(&settings.credentials, &signing);
         let target = if query.is_empty() {
             path
         } else {
             format!("{path}?{query}")
         };
-        let mut builder = Request::builder()
-            .method(call.method.clone())
-            .uri(target)
-            .header(HOST, &settings.host);
-        for (name, value) in extra
-            .iter()
-            .copied()
-            .chain(signed.iter().map(|(n, v)| (&**n, &**v)))
-        {
+        let mut builder = Request::builder().method(call.method.clone()).uri(target);
+        builder = builder.header(HOST, &settings.host);
+        let signed = signed.iter().map(|(name, value)| (&**name, &**value));
+        for (name, value) in extra.into_iter().chain(signed) {
             builder = builder.header(name, value);
         }
         if matches!(call.method, Method::PUT | Method::POST) {
             builder = builder.header(CONTENT_LENGTH, call.payload.length());
         }
-        builder
-            .body(call.payload.body())
-            .map_err(|error| BlobError::Rejected {
-                status: 400,
-                message: format!(
-                    "{}: not a valid request (not sent): {error}",
-                    self.describe(call)
-                ),
-            })
+        let body = call.payload.body();
+        let what = || self.describe(call);
+        (builder.body(body)).map_err(|e| rejected(400, format!("{}: not sent: {e}", what())))
     }
 
-    /// The error of a non-2xx answer: 404 → NotFound (but a missing bucket, which is a
-    /// misconfiguration), 5xx → Unavailable, other 4xx → Rejected, with S3's code and
-    /// message.
+    /// A non-2xx answer's error, with S3's code and message: 404 → NotFound (but for a
+    /// missing bucket: a misconfiguration), 5xx → Unavailable, other 4xx → Rejected.
     fn status_error(&self, call: &Call<'_>, answer: &Answer) -> BlobError {
         let (code, message) = s3_error(&answer.body);
         let status = answer.status;
@@ -576,16 +485,17 @@ impl BlobClient {
         };
         match status.as_u16() {
             404 if code != "NoSuchBucket" => BlobError::NotFound,
-            500.. => self.unavailable(&self.describe(call), text),
-            _ => BlobError::Rejected {
-                status: status.as_u16(),
-                message: format!("{}: {text}", self.describe(call)),
-            },
+            500.. => self.unavailable(call, text),
+            status => {
+                let message = format!("{}: {text}", self.describe(call));
+                BlobError::Rejected { status, message }
+            }
         }
     }
 
-    fn unavailable(&self, what: &str, why: impl std::fmt::Display) -> BlobError {
-        BlobError::Unavailable(format!("{}: {what}: {why}", self.settings.endpoint))
+    fn unavailable(&self, call: &Call<'_>, why: impl std::fmt::Display) -> BlobError {
+        let (endpoint, what) = (&self.settings.endpoint, self.describe(call));
+        BlobError::Unavailable(format!("{endpoint}: {what}: {why}"))
     }
 
     /// `PUT /bucket/key?query`, for messages.
@@ -598,14 +508,14 @@ impl BlobClient {
     }
 }
 
-/// One request to make: what `BlobClient::request` signs and sends (again, on a retry).
+/// One request: what `BlobClient::request` signs and sends (again, on a retry).
 struct Call<'a> {
     method: Method,
     /// `None`: the bucket itself.
     key: Option<&'a str>,
     /// Names and values as they are; encoded and sorted when signed.
     query: Vec<(&'static str, String)>,
-    /// Lowercase names; all of them signed.
+    /// Lowercase names, all signed.
     headers: Vec<(&'static str, String)>,
     payload: Payload,
 }
@@ -621,17 +531,36 @@ impl<'a> Call<'a> {
             payload,
         }
     }
+
+    fn query(mut self, name: &'static str, value: &str) -> Call<'a> {
+        self.query.push((name, value.to_string()));
+        self
+    }
+
+    fn header(mut self, name: &'static str, value: String) -> Call<'a> {
+        self.headers.push((name, value));
+        self
+    }
+
+    /// A body from memory, with its Content-MD5.
+    fn memory(mut self, body: Bytes) -> Call<'a> {
+        let md5 = base64_simd::STANDARD.encode_to_string(Md5::digest(&body).as_slice());
+        self.payload = Payload::Memory(body);
+        self.header("content-md5", md5)
+    }
+
+    fn file(mut self, file: &Arc<std::fs::File>, offset: u64, length: u64) -> Call<'a> {
+        self.payload = Payload::File(file.clone(), offset, length);
+        self
+    }
 }
 
 /// A request body that can be produced again (for the retry on a new connection).
 enum Payload {
     Empty,
     Memory(Bytes),
-    File {
-        file: Arc<std::fs::File>,
-        offset: u64,
-        length: u64,
-    },
+    /// A file's bytes at an offset, and their length.
+    File(Arc<std::fs::File>, u64, u64),
 }
 
 impl Payload {
@@ -639,7 +568,7 @@ impl Payload {
         match self {
             Payload::Empty => 0,
             Payload::Memory(bytes) => bytes.len() as u64,
-            Payload::File { length, .. } => *length,
+            Payload::File(_, _, length) => *length,
         }
     }
 
@@ -649,11 +578,7 @@ impl Payload {
             Payload::Memory(bytes) => Full::new(bytes.clone())
                 .map_err(|never| match never {})
                 .boxed_unsync(),
-            Payload::File {
-                file,
-                offset,
-                length,
-            } => file_body(file.clone(), *offset, *length),
+            Payload::File(file, offset, length) => file_body(file.clone(), *offset, *length),
         }
     }
 }
@@ -661,7 +586,7 @@ impl Payload {
 type RequestBody = UnsyncBoxBody<Bytes, io::Error>;
 type Sender = SendRequest<RequestBody>;
 
-/// The connections: permits for open ones, the idle ones with when they went idle.
+/// The connections: permits for the open ones, the idle ones with when they went idle.
 struct Pool {
     permits: Arc<Semaphore>,
     idle: Mutex<Vec<(Sender, Instant)>>,
@@ -673,9 +598,7 @@ impl Pool {
         loop {
             let (mut sender, _) = {
                 let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-                idle.retain(|(sender, since)| {
-                    !sender.is_closed() && since.elapsed() < IDLE_AGE_MAX
-                });
+                idle.retain(|(sender, at)| !sender.is_closed() && at.elapsed() < IDLE_AGE_MAX);
                 idle.pop()?
             };
             if let Ok(Ok(())) = timeout(CONNECT_TIMEOUT, sender.ready()).await {
@@ -685,7 +608,7 @@ impl Pool {
     }
 }
 
-/// A connection in use and its permit; back to the pool by `release`, closed on drop.
+/// A connection in use and its permit: back to the pool by `release`, closed on drop.
 struct Lease {
     pool: Arc<Pool>,
     sender: Option<Sender>,
@@ -693,7 +616,7 @@ struct Lease {
 }
 
 impl Lease {
-    /// The response was read to its end: the connection may serve another request.
+    /// The answer was read to its end: the connection may carry another request.
     fn release(mut self) {
         if let Some(sender) = self.sender.take().filter(|sender| !sender.is_closed()) {
             let mut idle = self
@@ -707,25 +630,18 @@ impl Lease {
     }
 }
 
-/// Aborts the upload from a task when `put_file` is dropped in the middle of it.
-struct AbortOnDrop {
-    client: BlobClient,
-    key: String,
-    upload_id: Option<String>,
-}
+/// The client, key and upload id of an upload to abort (from a task) when `put_file` is
+/// dropped in the middle of it.
+struct AbortOnDrop(BlobClient, String, Option<String>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
-        let Some(upload_id) = self.upload_id.take() else {
+        let (Some(upload_id), Ok(runtime)) = (self.2.take(), tokio::runtime::Handle::try_current())
+        else {
             return;
         };
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let (client, key) = (self.client.clone(), std::mem::take(&mut self.key));
-        runtime.spawn(async move {
-            let _ = client.abort_upload(&key, &upload_id).await;
-        });
+        let (client, key) = (self.0.clone(), std::mem::take(&mut self.1));
+        runtime.spawn(async move { client.abort_upload(&key, &upload_id).await });
     }
 }
 
@@ -734,51 +650,43 @@ struct Answer {
     status: StatusCode,
     headers: HeaderMap,
     body: Vec<u8>,
-    /// Whether the body was read to its end (else it is the first `max` bytes).
-    complete: bool,
 }
 
-/// Reads an answer of at most `body_max_bytes` (a longer one is cut, its connection
-/// closed); the connection goes back to the pool when the body was read to its end.
+/// Reads an answer of at most `body_max_bytes`; the connection goes back to the pool.
 async fn read_answer(
     response: Response<Incoming>,
     lease: Lease,
-    body_max_bytes: usize,
+    max: usize,
 ) -> Result<Answer, String> {
     let (head, mut incoming) = response.into_parts();
     let mut body = Vec::new();
     let read = async {
         while let Some(frame) = incoming.frame().await {
             let frame = frame.map_err(|e| format!("reading the answer: {}", error_chain(&e)))?;
-            let Ok(data) = frame.into_data() else {
-                continue;
-            };
-            if body.len() + data.len() > body_max_bytes {
-                let room = body_max_bytes - body.len();
-                body.extend_from_slice(&data[..room]);
-                return Ok::<bool, String>(false);
+            let data = frame.into_data().unwrap_or_default();
+            if body.len() + data.len() > max {
+                return Err(format!("the answer is over {max} bytes"));
             }
             body.extend_from_slice(&data);
         }
-        Ok(true)
+        Ok(())
     };
-    let complete = match timeout(ANSWER_BODY_TIMEOUT, read).await {
+    match timeout(ANSWER_BODY_TIMEOUT, read).await {
         Ok(result) => result?,
         Err(_) => return Err(format!("the answer took over {ANSWER_BODY_TIMEOUT:?}")),
-    };
-    if complete && keeps_alive(&head.headers) {
+    }
+    if keeps_alive(&head.headers) {
         lease.release();
     }
     Ok(Answer {
         status: head.status,
         headers: head.headers,
         body,
-        complete,
     })
 }
 
-/// A GET's body: passes the frames on, counts their bytes, and ends in an error frame when
-/// the stream carries fewer or more than `expected`; releases the connection at the end.
+/// A GET's body: passes the frames on, counts their bytes, ends in an error frame when the
+/// stream carries fewer or more than `expected`, and releases the connection at its end.
 struct CountedBody {
     inner: Incoming,
     lease: Option<Lease>,
@@ -792,8 +700,7 @@ struct CountedBody {
 
 impl CountedBody {
     fn fail(&mut self, why: String) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
-        self.done = true;
-        self.lease = None;
+        (self.done, self.lease) = (true, None);
         Poll::Ready(Some(Err(io::Error::other(format!("{}: {why}", self.what)))))
     }
 
@@ -817,26 +724,23 @@ impl Body for CountedBody {
         if this.done {
             return Poll::Ready(None);
         }
+        let (received, expected) = (this.received, this.expected);
         match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
             Some(Ok(frame)) => {
-                let length = frame.data_ref().map_or(0, |data| data.len() as u64);
-                this.received += length;
-                if this.received > this.expected {
-                    let (received, expected) = (this.received, this.expected);
-                    return this.fail(format!("{received} bytes or more, not {expected}"));
+                this.received += frame.data_ref().map_or(0, |data| data.len() as u64);
+                if this.received > expected {
+                    return this.fail(format!("{} bytes or more, not {expected}", this.received));
                 }
-                if this.received == this.expected && this.inner.is_end_stream() {
+                // The end known from Content-Length: a caller that stops here reuses too.
+                if this.received == expected && this.inner.is_end_stream() {
                     this.finish();
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
             Some(Err(error)) => this.fail(error_chain(&error)),
-            None if this.received < this.expected => {
-                let (received, expected) = (this.received, this.expected);
-                this.fail(format!(
-                    "the body ended after {received} of {expected} bytes"
-                ))
-            }
+            None if received < expected => this.fail(format!(
+                "the body ended after {received} of {expected} bytes"
+            )),
             None => {
                 this.finish();
                 Poll::Ready(None)
@@ -853,14 +757,13 @@ impl Body for CountedBody {
     }
 }
 
-/// A file's bytes `offset..offset + length`, read in chunks on the blocking pool.
+/// A file's `length` bytes at `offset`, read in chunks on the blocking pool.
 fn file_body(file: Arc<std::fs::File>, offset: u64, length: u64) -> RequestBody {
-    let (sender, receiver) = mpsc::channel(1);
+    let (sender, receiver) = mpsc::channel::<io::Result<Bytes>>(1);
     tokio::task::spawn_blocking(move || {
-        let end = offset + length;
         let mut position = offset;
-        while position < end {
-            let size = (end - position).min(FILE_CHUNK_BYTES);
+        while position < offset + length {
+            let size = (offset + length - position).min(FILE_CHUNK_BYTES);
             let mut chunk = vec![0; size as usize];
             let read = file.read_exact_at(&mut chunk, position).map_err(|e| {
                 io::Error::new(
@@ -870,39 +773,17 @@ fn file_body(file: Arc<std::fs::File>, offset: u64, length: u64) -> RequestBody 
             });
             let failed = read.is_err();
             // A closed channel: the request ended (failed, or its connection went).
-            if sender
-                .blocking_send(read.map(|()| Bytes::from(chunk)))
-                .is_err()
-                || failed
-            {
+            if sender.blocking_send(read.map(|()| chunk.into())).is_err() || failed {
                 return;
             }
             position += size;
         }
     });
-    FileBody { receiver, length }.boxed_unsync()
-}
-
-struct FileBody {
-    receiver: mpsc::Receiver<io::Result<Bytes>>,
-    length: u64,
-}
-
-impl Body for FileBody {
-    type Data = Bytes;
-    type Error = io::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
-        let chunk = ready!(self.receiver.poll_recv(cx));
-        Poll::Ready(chunk.map(|chunk| chunk.map(Frame::data)))
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::with_exact(self.length)
-    }
+    let chunks = futures_util::stream::unfold(receiver, |mut receiver| async move {
+        let chunk = receiver.recv().await?;
+        Some((chunk.map(Frame::data), receiver))
+    });
+    StreamBody::new(chunks).boxed_unsync()
 }
 
 /// Parses `s3://BUCKET?endpoint=http://HOST:PORT&region=R` (region default us-east-1)
@@ -1004,8 +885,8 @@ fn canonical_query(pairs: &[(&str, String)]) -> String {
     pairs.join("&")
 }
 
-fn content_md5(body: &[u8]) -> String {
-    base64_simd::STANDARD.encode_to_string(Md5::digest(body).as_slice())
+fn rejected(status: u16, message: String) -> BlobError {
+    BlobError::Rejected { status, message }
 }
 
 fn content_length(headers: &HeaderMap) -> Option<u64> {
